@@ -1,0 +1,64 @@
+"""Settings, read from the environment (and the Airflow connection `recpipe_db`).
+
+Every stage takes a `Settings` explicitly; `Settings.from_env()` is the only place
+that reads environment variables.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = REPO_ROOT / "sql"
+AIRFLOW_CONN_ID = "recpipe_db"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # SQLAlchemy URL; None means "start the embedded PostgreSQL under `home`".
+    database_url: str | None = None
+    # State directory: embedded PostgreSQL data, artifacts, downloads.
+    home: Path = field(default_factory=lambda: Path(".recpipe").resolve())
+    # Folder holding ratings.dat, movies.dat, users.dat.
+    source_dir: Path | None = None
+    # Celery queue of the GPU worker that runs training.
+    gpu_queue: str = "gpu"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        source = env.get("RECPIPE_SOURCE_DIR")
+        return cls(
+            database_url=env.get("RECPIPE_DATABASE_URL") or None,
+            home=Path(env.get("RECPIPE_HOME", ".recpipe")).expanduser().resolve(),
+            source_dir=Path(source).expanduser().resolve() if source else None,
+            gpu_queue=env.get("RECPIPE_GPU_QUEUE", "gpu"),
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+
+def airflow_database_url() -> str | None:
+    """The URL of the Airflow connection `recpipe_db`, or None when it is not defined.
+
+    Imported lazily: only Airflow workers have Airflow installed and configured.
+    """
+    try:
+        from airflow.sdk import BaseHook
+    except ImportError:  # pragma: no cover - outside Airflow
+        return None
+    try:
+        conn = BaseHook.get_connection(AIRFLOW_CONN_ID)
+    except Exception:  # the connection is optional; RECPIPE_DATABASE_URL is the fallback
+        return None
+    uri = conn.get_uri()
+    # Airflow writes "postgres://"; SQLAlchemy 2 only knows "postgresql://".
+    if uri.startswith("postgres://"):
+        uri = "postgresql://" + uri[len("postgres://"):]
+    return uri

@@ -1,0 +1,127 @@
+"""The 14 categorical AutoInt+ fields, and their encoders fitted as of a time T.
+
+`derive_fields` is the one place the fields are defined. It serves training rows (a
+rating's own timestamp) and scoring candidates (the scoring date's timestamp) alike.
+Times are UTC; seed 000 used Korean local time, the one deliberate difference.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import OrdinalEncoder
+
+USER_ITEM_FIELDS = ["user_id", "movie_id"]
+META_FIELDS = [
+    "movie_decade", "movie_year", "rating_year", "rating_month", "rating_decade",
+    "genre1", "genre2", "genre3", "gender", "age", "occupation", "zip",
+]
+FIELDS = USER_ITEM_FIELDS + META_FIELDS  # model input order
+UNKNOWN = 0  # code reserved for values not seen before T, and for missing values
+NO_GENRE = "no"  # seed 000's filler for movies with fewer than three genres
+POSITIVE_MIN_RATING = 4  # label = rating >= 4
+
+
+def _as_str(values: pd.Series) -> pd.Series:
+    """Integers (possibly missing) as strings; missing stays missing (-> UNKNOWN)."""
+    out = values.astype("Int64").astype("string")
+    return out.astype(object).where(out.notna(), None)
+
+
+def movie_fields(movies: pd.DataFrame) -> pd.DataFrame:
+    """movie_id -> movie_decade, movie_year, genre1..3 (one row per movie)."""
+    year = movies["year"].astype("Int64")
+    genres = movies["genres"].apply(lambda g: list(g)[:3] + [NO_GENRE] * (3 - len(list(g)[:3])))
+    out = pd.DataFrame({"movie_id": movies["movie_id"].astype("int64")})
+    out["movie_decade"] = _as_str(year // 10 * 10).map(lambda v: None if v is None else f"{v}s")
+    out["movie_year"] = _as_str(year)
+    for i in range(3):
+        out[f"genre{i + 1}"] = genres.str[i]
+    return out
+
+
+def user_fields(users: pd.DataFrame) -> pd.DataFrame:
+    """user_id -> gender, age, occupation, zip (one row per user)."""
+    return pd.DataFrame(
+        {
+            "user_id": users["user_id"].astype("int64"),
+            "gender": users["gender"].astype(object),
+            "age": _as_str(users["age"]),
+            "occupation": _as_str(users["occupation"]),
+            "zip": users["zip"].astype(object),
+        }
+    )
+
+
+def time_fields(rated_at: pd.Series) -> pd.DataFrame:
+    """rating_year, rating_month, rating_decade of UTC timestamps."""
+    ts = pd.to_datetime(rated_at, utc=True)
+    year = ts.dt.year
+    return pd.DataFrame(
+        {
+            "rating_year": year.astype(str).to_numpy(dtype=object),
+            "rating_month": ts.dt.month.astype(str).to_numpy(dtype=object),
+            "rating_decade": (year // 10 * 10).astype(str).add("s").to_numpy(dtype=object),
+        },
+        index=rated_at.index,
+    )
+
+
+def derive_fields(events: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """The 14 fields (as strings, None when unknown) for rows of (user_id, movie_id, rated_at).
+
+    `events` may carry `rating`; then `label` (1.0 when rating >= 4) is added. Unknown
+    users or movies give missing fields instead of dropping the row.
+    """
+    base = pd.DataFrame(
+        {"user_id": events["user_id"].to_numpy("int64"), "movie_id": events["movie_id"].to_numpy("int64")}
+    )
+    out = base.merge(movie_fields(movies), on="movie_id", how="left").merge(
+        user_fields(users), on="user_id", how="left"
+    )
+    times = time_fields(pd.Series(events["rated_at"].to_numpy(), index=out.index))
+    out = pd.concat([out, times], axis=1)
+    out["user_id"] = base["user_id"].astype(str).to_numpy(dtype=object)
+    out["movie_id"] = base["movie_id"].astype(str).to_numpy(dtype=object)
+    result = out[FIELDS].astype(object)
+    result = result.where(result.notna(), None)
+    if "rating" in events:
+        result["label"] = (events["rating"].to_numpy() >= POSITIVE_MIN_RATING).astype("float32")
+    return result
+
+
+@dataclass
+class FieldEncoders:
+    """One vocabulary per field; code 0 is unknown/missing, known values are 1..n."""
+
+    as_of: datetime | None = None
+    encoder: OrdinalEncoder = field(
+        default_factory=lambda: OrdinalEncoder(
+            handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1, dtype=np.int64
+        )
+    )
+    rows_fitted: int = 0
+
+    def fit(self, frame: pd.DataFrame) -> "FieldEncoders":
+        # Missing values are not a category: they encode to UNKNOWN like unseen ones.
+        categories = [sorted(frame[name].dropna().unique()) for name in FIELDS]
+        self.encoder.set_params(categories=[np.asarray(c, dtype=object) for c in categories])
+        self.encoder.fit(frame[FIELDS].head(1).fillna(np.nan))
+        self.rows_fitted = len(frame)
+        return self
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """int32 codes of shape (n, 14) in FIELDS order."""
+        codes = self.encoder.transform(frame[FIELDS].fillna(np.nan))
+        return (codes + 1).astype(np.int32)
+
+    @property
+    def vocabularies(self) -> dict[str, list[str]]:
+        return {name: list(cats) for name, cats in zip(FIELDS, self.encoder.categories_)}
+
+    @property
+    def field_dims(self) -> list[int]:
+        """Vocabulary size of each field plus the reserved unknown slot."""
+        return [len(cats) + 1 for cats in self.encoder.categories_]
