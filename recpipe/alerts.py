@@ -1,0 +1,53 @@
+"""Alerts: a row in `alerts` and a WARNING log line, always; notifications where configured."""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("recpipe.alerts")
+
+GATE_REJECTED = "gate_rejected"
+METRIC_REGRESSION = "metric_regression"
+TASK_FAILED = "task_failed"
+
+
+def record_alert(
+    engine: Engine,
+    *,
+    kind: str,
+    message: str,
+    model: str | None = None,
+    metric: str | None = None,
+    value: float | None = None,
+    threshold: float | None = None,
+    run_id: int | None = None,
+    context: str | None = None,
+    severity: str = "warning",
+) -> int:
+    """Store one alert and log it; returns its alert_id."""
+    with engine.begin() as conn:
+        alert_id = conn.execute(
+            sa.text(
+                "INSERT INTO alerts (severity, kind, model, metric, value, threshold, run_id, context, message)"
+                " VALUES (:severity, :kind, :model, :metric, :value, :threshold, :run_id, :context, :message)"
+                " RETURNING alert_id"
+            ),
+            dict(
+                severity=severity, kind=kind, model=model, metric=metric, value=value,
+                threshold=threshold, run_id=run_id, context=context, message=message,
+            ),
+        ).scalar_one()
+    log.warning("ALERT %s [%s] %s", alert_id, kind, message)
+    return alert_id
+
+
+def fetch_alerts(engine: Engine, alert_ids: list[int]) -> list[dict]:
+    if not alert_ids:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT * FROM alerts WHERE alert_id = ANY(:ids) ORDER BY alert_id"), {"ids": list(alert_ids)}
+        ).mappings()
+        return [dict(r) for r in rows]

