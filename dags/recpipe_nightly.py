@@ -1,0 +1,118 @@
+"""recpipe_nightly: rebuild features, retrain AutoInt+ and GRU4Rec, evaluate, gate, publish.
+
+    rebuild_encodings >> rebuild_sessions >> [train_autoint, train_gru4rec] >> evaluate >> gate >> publish >> notify
+
+"As of" is the run's data interval end (a manual run without one: its logical date,
+else its run_after). Training runs on the GPU Celery queue (RECPIPE_GPU_QUEUE, default
+"gpu") in a fresh process (`python -m recpipe.cli train ...`): TensorFlow/CUDA cannot be
+initialised again inside a forked worker. XCom carries ids and paths only.
+
+Trigger-form params: epochs, autoint_overrides, gru4rec_overrides, gate_overrides, dry_run
+(train and evaluate, publish nothing).
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from _recpipe_dag_utils import DEFAULT_INGEST_START, default_args, env_datetime, gpu_queue, run_as_of, settings
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+TRAINED_MODELS = ("autoint", "gru4rec")
+
+
+@dag(
+    dag_id="recpipe_nightly",
+    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    start_date=env_datetime("RECPIPE_NIGHTLY_START", DEFAULT_INGEST_START),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    dagrun_timeout=timedelta(hours=12),
+    tags=["recpipe"],
+    doc_md=__doc__,
+    params={
+        "epochs": Param(None, type=["null", "integer"], minimum=1,
+                        description="Epochs for both models (null: each model's configured default)."),
+        "autoint_overrides": Param({}, type="object", description="AutoInt+ config overrides, e.g. {\"batch_size\": 2048}."),
+        "gru4rec_overrides": Param({}, type="object", description="GRU4Rec config overrides, e.g. {\"hidden\": 100}."),
+        "gate_overrides": Param({}, type="object",
+                                description="Gate floors / tolerance overrides, e.g. {\"floors\": {\"ndcg_at_10\": 0.05}}."),
+        "dry_run": Param(False, type="boolean", description="Train and evaluate, publish nothing."),
+    },
+)
+def recpipe_nightly():
+    @task
+    def rebuild_encodings() -> dict:
+        from recpipe import pipeline
+
+        return pipeline.rebuild_encodings(settings(), run_as_of(get_current_context()))
+
+    @task
+    def rebuild_sessions(encodings: dict) -> dict:
+        from recpipe import pipeline
+
+        return pipeline.rebuild_sessions(settings(), run_as_of(get_current_context()))
+
+    def _train(model: str, encodings: dict, sessions: dict) -> dict:
+        from recpipe import pipeline
+
+        context = get_current_context()
+        params = context["params"]
+        overrides = dict(params.get(f"{model}_overrides") or {})
+        if params.get("epochs") is not None:
+            overrides.setdefault("epochs", int(params["epochs"]))
+        return pipeline.train_subprocess(
+            settings(), model, run_as_of(context),
+            encodings_id=encodings.get("artifact_id"),
+            sessions_build_id=sessions.get("build_id"),
+            overrides=overrides or None,
+        )
+
+    @task(queue=gpu_queue(), execution_timeout=timedelta(hours=6))
+    def train_autoint(encodings: dict, sessions: dict) -> dict:
+        return _train("autoint", encodings, sessions)
+
+    @task(queue=gpu_queue(), execution_timeout=timedelta(hours=6))
+    def train_gru4rec(encodings: dict, sessions: dict) -> dict:
+        return _train("gru4rec", encodings, sessions)
+
+    @task
+    def evaluate(autoint: dict, gru4rec: dict) -> dict:
+        from recpipe import pipeline
+
+        run_ids = [autoint["run_id"], gru4rec["run_id"]]
+        result = pipeline.evaluate(settings(), run_as_of(get_current_context()), run_ids)
+        return {**result, "run_ids": run_ids}
+
+    @task
+    def gate(evaluation: dict) -> dict:
+        from recpipe import pipeline
+
+        context = get_current_context()
+        overrides = context["params"].get("gate_overrides") or None
+        result = pipeline.gate(settings(), run_as_of(context), evaluation["run_ids"], overrides)
+        return {**result, "run_ids": evaluation["run_ids"]}
+
+    @task
+    def publish(decision: dict) -> dict:
+        from recpipe import pipeline
+
+        context = get_current_context()
+        return pipeline.publish(
+            settings(), run_as_of(context), decision["run_ids"], dry_run=bool(context["params"].get("dry_run"))
+        )
+
+    @task
+    def notify(decision: dict, published: dict) -> dict:
+        from recpipe import pipeline
+
+        return pipeline.notify(settings(), list(decision.get("alert_ids") or []))
+
+    encodings = rebuild_encodings()
+    sessions = rebuild_sessions(encodings)
+    evaluation = evaluate(train_autoint(encodings, sessions), train_gru4rec(encodings, sessions))
+    decision = gate(evaluation)
+    notify(decision, publish(decision))
+
+
+recpipe_nightly()

@@ -1,0 +1,304 @@
+"""The Airflow layer: DAG structure (parsed by Airflow's own DagBag), light imports,
+alert notifications through Airflow notifiers, and real `airflow dags test` runs."""
+from __future__ import annotations
+
+import email
+import json
+import os
+import socketserver
+import subprocess
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_harness import DAGS_FOLDER, REPO_ROOT, AirflowHome
+
+HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.pipeline", "recpipe.db",
+                 "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
+NIGHTLY_TASKS = {
+    "rebuild_encodings", "rebuild_sessions", "train_autoint", "train_gru4rec",
+    "evaluate", "gate", "publish", "notify",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory) -> AirflowHome:
+    """One migrated AIRFLOW_HOME (sqlite metadata DB) for the whole session."""
+    home = AirflowHome.create(tmp_path_factory.mktemp("airflow-home"))
+    home.migrate()
+    return home
+
+
+def _python_in_home(home: AirflowHome, code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**home.env, **(env or {})}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+
+DESCRIBE_DAGS = """
+    import json, sys
+    from pathlib import Path
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path({dags!r})
+    bag = BundleDagBag(folder, bundle_path=folder, bundle_name="dags-folder")
+    out = {{"import_errors": {{str(k): v for k, v in bag.import_errors.items()}}, "dags": {{}}}}
+    for dag_id, dag in bag.dags.items():
+        out["dags"][dag_id] = {{
+            "timetable": type(dag.timetable).__name__,
+            "expression": getattr(dag.timetable, "expression", None),
+            "timezone": str(getattr(dag.timetable, "timezone", "")),
+            "start_date": dag.start_date.isoformat() if dag.start_date else None,
+            "catchup": dag.catchup,
+            "max_active_runs": dag.max_active_runs,
+            "params": {{k: dag.params.get_param(k).value for k in dag.params}},
+            "param_schemas": {{k: dag.params.get_param(k).schema for k in dag.params}},
+            "tasks": {{
+                t.task_id: {{
+                    "queue": t.queue,
+                    "retries": t.retries,
+                    "backoff": t.retry_exponential_backoff,
+                    "on_failure": [getattr(c, "__name__", repr(c)) for c in (
+                        t.on_failure_callback if isinstance(t.on_failure_callback, list)
+                        else [t.on_failure_callback] if t.on_failure_callback else [])],
+                    "outlets": [getattr(o, "uri", repr(o)) for o in t.outlets],
+                    "upstream": sorted(t.upstream_task_ids),
+                }}
+                for t in dag.tasks
+            }},
+        }}
+    print("JSON:" + json.dumps(out, default=str))
+"""
+
+
+def describe_dags(home: AirflowHome, env: dict | None = None) -> dict:
+    proc = _python_in_home(home, DESCRIBE_DAGS.format(dags=str(DAGS_FOLDER)), env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))
+    return json.loads(line[len("JSON:"):])
+
+
+@pytest.fixture(scope="session")
+def dag_info(airflow_home) -> dict:
+    return describe_dags(airflow_home)
+
+
+# ---------------------------------------------------------------------------------------
+# Structure
+# ---------------------------------------------------------------------------------------
+def test_dags_import_without_errors(dag_info):
+    assert dag_info["import_errors"] == {}
+    assert set(dag_info["dags"]) == {"recpipe_ingest", "recpipe_nightly"}
+
+
+def test_ingest_dag_has_real_daily_data_intervals(dag_info):
+    dag = dag_info["dags"]["recpipe_ingest"]
+    assert dag["timetable"] == "CronDataIntervalTimetable"
+    assert dag["expression"] == "0 0 * * *" and dag["timezone"] == "UTC"
+    assert dag["start_date"].startswith("2000-04-25T00:00:00")
+    assert dag["catchup"] is False
+    (task,) = dag["tasks"].values()
+    assert task["outlets"] == ["postgres://recpipe-db:5432/recpipe/public/ratings"]
+    assert task["retries"] >= 1 and task["backoff"] > 1
+    assert task["on_failure"] == ["on_failure"]
+
+
+def test_ingest_start_date_is_configurable(airflow_home):
+    info = describe_dags(airflow_home, env={"RECPIPE_INGEST_START": "2000-06-01"})
+    assert info["dags"]["recpipe_ingest"]["start_date"].startswith("2000-06-01T00:00:00")
+
+
+def test_nightly_dag_shape(dag_info):
+    dag = dag_info["dags"]["recpipe_nightly"]
+    assert dag["timetable"] == "CronDataIntervalTimetable" and dag["expression"] == "0 2 * * *"
+    assert dag["max_active_runs"] == 1
+    tasks = dag["tasks"]
+    assert set(tasks) == NIGHTLY_TASKS
+    assert tasks["rebuild_sessions"]["upstream"] == ["rebuild_encodings"]
+    assert tasks["train_autoint"]["upstream"] == ["rebuild_encodings", "rebuild_sessions"]
+    assert tasks["train_gru4rec"]["upstream"] == ["rebuild_encodings", "rebuild_sessions"]
+    assert tasks["evaluate"]["upstream"] == ["train_autoint", "train_gru4rec"]
+    assert tasks["gate"]["upstream"] == ["evaluate"]
+    assert tasks["publish"]["upstream"] == ["gate"]
+    assert tasks["notify"]["upstream"] == ["gate", "publish"]
+    for task_id, task in tasks.items():
+        expected_queue = "gpu" if task_id.startswith("train_") else "default"
+        assert task["queue"] == expected_queue, task_id
+        assert task["retries"] >= 1 and task["on_failure"] == ["on_failure"], task_id
+
+
+def test_gpu_queue_is_a_setting(airflow_home):
+    info = describe_dags(airflow_home, env={"RECPIPE_GPU_QUEUE": "cuda-a100"})
+    tasks = info["dags"]["recpipe_nightly"]["tasks"]
+    assert {t: v["queue"] for t, v in tasks.items() if v["queue"] != "default"} == {
+        "train_autoint": "cuda-a100", "train_gru4rec": "cuda-a100"}
+
+
+def test_nightly_params(dag_info):
+    dag = dag_info["dags"]["recpipe_nightly"]
+    assert dag["params"] == {
+        "epochs": None, "autoint_overrides": {}, "gru4rec_overrides": {}, "gate_overrides": {}, "dry_run": False,
+    }
+    schemas = dag["param_schemas"]
+    assert schemas["epochs"]["type"] == ["null", "integer"]
+    assert schemas["dry_run"]["type"] == "boolean"
+    assert all(schemas[k]["type"] == "object" for k in ("autoint_overrides", "gru4rec_overrides", "gate_overrides"))
+
+
+def test_dag_files_import_nothing_heavy(airflow_home):
+    code = f"""
+        import importlib.util, json, sys
+        sys.path.insert(0, {str(DAGS_FOLDER)!r})
+        import airflow.sdk  # the baseline: what Airflow itself imports
+        before = set(sys.modules)
+        for path in sorted(__import__("pathlib").Path({str(DAGS_FOLDER)!r}).glob("recpipe_*.py")):
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        print("JSON:" + json.dumps({{"all": sorted(sys.modules), "new": sorted(set(sys.modules) - before)}}))
+    """
+    proc = _python_in_home(airflow_home, code)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mods = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))[5:])
+    heavy = [m for m in mods["all"] if m.split(".")[0] in {"tensorflow", "keras", "pandas", "sklearn", "torch"}
+             or any(m == h or m.startswith(h + ".") for h in HEAVY_MODULES)]
+    assert heavy == []
+    assert not [m for m in mods["new"] if m.split(".")[0] in {"sqlalchemy", "numpy", "psycopg2"}]
+
+
+# ---------------------------------------------------------------------------------------
+# Alerts: Airflow notifiers (local SMTP server and Slack webhook endpoint)
+# ---------------------------------------------------------------------------------------
+class _SMTPHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(b"220 test ESMTP\r\n")
+        data, buf = False, []
+        for line in self.rfile:
+            if data:
+                if line.rstrip(b"\r\n") == b".":
+                    data = False
+                    self.server.messages.append(b"".join(buf))
+                    buf = []
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    buf.append(line[1:] if line.startswith(b"..") else line)
+                continue
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                self.wfile.write(b"250 test\r\n")
+            elif verb == b"DATA":
+                data = True
+                self.wfile.write(b"354 end with .\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+class _SlackHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts.append((self.path, json.loads(body)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def channels(monkeypatch):
+    smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
+    smtp.messages = []
+    slack = HTTPServer(("127.0.0.1", 0), _SlackHandler)
+    slack.posts = []
+    for server in (smtp, slack):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_DEFAULT",
+        f"smtp://127.0.0.1:{smtp.server_address[1]}?disable_ssl=true&disable_tls=true&from_email=recpipe%40example.com",
+    )
+    monkeypatch.setenv("RECPIPE_ALERT_EMAIL", "ml-oncall@example.com")
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", json.dumps(
+        {"conn_type": "slackwebhook", "host": f"http://127.0.0.1:{slack.server_address[1]}", "password": "T0/B0/XYZ"}))
+    yield smtp, slack
+    for server in (smtp, slack):
+        server.shutdown()
+        server.server_close()
+
+
+def _alert(engine, **kw) -> dict:
+    from recpipe import alerts
+
+    alert_id = alerts.record_alert(engine, **kw)
+    return alerts.fetch_alerts(engine, [alert_id])[0]
+
+
+def test_notify_sends_through_configured_notifiers(engine, channels):
+    from recpipe import alerts
+
+    smtp, slack = channels
+    row = _alert(engine, kind=alerts.METRIC_REGRESSION, model="gru4rec", metric="ndcg_at_10", value=0.01,
+                 threshold=0.05, message="ndcg_at_10 0.01 below floor 0.05")
+    sent = alerts.notify([row], engine=engine)
+    assert sent == ["smtp", "slack"]
+    (raw,) = smtp.messages
+    msg = email.message_from_bytes(raw)
+    assert msg["To"] == "ml-oncall@example.com" and msg["From"] == "recpipe@example.com"
+    assert "metric_regression" in msg["Subject"]
+    body = "".join(p.get_payload(decode=True).decode() for p in msg.walk() if p.get_content_type() == "text/html")
+    assert "model=gru4rec" in body and "metric=ndcg_at_10" in body and "threshold=0.05" in body
+    ((path, payload),) = slack.posts
+    assert path == "/T0/B0/XYZ" and "value=0.01" in payload["text"]
+    with engine.connect() as conn:
+        notified = conn.execute(sa.text("SELECT notified FROM alerts WHERE alert_id = :i"),
+                                {"i": row["alert_id"]}).scalar_one()
+    assert sorted(notified) == ["slack", "smtp"]
+
+
+def test_notify_without_connections_sends_nothing(engine, monkeypatch):
+    from recpipe import alerts
+
+    for var in ("AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RECPIPE_SMTP_CONN_ID", "recpipe_no_such_smtp")
+    monkeypatch.setenv("RECPIPE_SLACK_CONN_ID", "recpipe_no_such_slack")
+    row = _alert(engine, kind=alerts.GATE_REJECTED, model="autoint", message="rejected")
+    assert alerts.notify([row], engine=engine) == []
+    assert alerts.fetch_alerts(engine, [row["alert_id"]])[0]["notified"] == []
+
+
+def test_on_failure_callback_records_task_failed_alert(engine, settings, channels, monkeypatch):
+    from types import SimpleNamespace
+
+    from recpipe import alerts
+
+    smtp, slack = channels
+    monkeypatch.setenv("RECPIPE_DATABASE_URL", settings.database_url)
+    ti = SimpleNamespace(dag_id="recpipe_nightly", task_id="train_gru4rec", run_id="manual__2000-12-01", try_number=3)
+    alerts.on_failure_callback({"ti": ti, "exception": RuntimeError("CUDA out of memory")})
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT * FROM alerts")).mappings().one()
+    assert row["kind"] == "task_failed" and row["model"] == "gru4rec" and row["severity"] == "error"
+    assert "run_id=manual__2000-12-01" in row["context"] and "task_id=train_gru4rec" in row["context"]
+    assert "CUDA out of memory" in row["message"]
+    assert sorted(row["notified"]) == ["slack", "smtp"] and len(smtp.messages) == 1 and len(slack.posts) == 1
+
+
+def test_on_failure_callback_never_raises(monkeypatch):
+    from recpipe import alerts
+
+    monkeypatch.setenv("RECPIPE_DATABASE_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    alerts.on_failure_callback({"ti": None, "exception": ValueError("x")})
