@@ -125,3 +125,43 @@ class FieldEncoders:
     def field_dims(self) -> list[int]:
         """Vocabulary size of each field plus the reserved unknown slot."""
         return [len(cats) + 1 for cats in self.encoder.categories_]
+
+
+ENCODINGS_KIND = "encodings"
+
+
+def build_encodings(engine, settings, as_of: datetime):
+    """Fit the field encoders on the ratings before `as_of`; persist and register them.
+
+    Returns the registered `Artifact` (details carry field_dims and vocabularies' sizes).
+    """
+    import joblib
+
+    from recpipe import artifacts
+    from recpipe.db import read_movies, read_ratings, read_users
+
+    ratings = read_ratings(engine, before=as_of)
+    if ratings.empty:
+        raise ValueError(f"no ratings before {as_of:%Y-%m-%d %H:%M}Z: ingest first")
+    frame = derive_fields(ratings, read_movies(engine), read_users(engine))
+    encoders = FieldEncoders(as_of=as_of).fit(frame)
+    path = artifacts.new_path(settings, ENCODINGS_KIND, as_of, ".joblib")
+    joblib.dump(encoders, path)
+    return artifacts.register(
+        engine, settings, ENCODINGS_KIND, as_of, path,
+        row_counts={"ratings": len(ratings)},
+        details={"field_dims": encoders.field_dims, "fields": FIELDS},
+    )
+
+
+def load_encodings(engine, settings, artifact_id: int | None = None, as_of: datetime | None = None) -> FieldEncoders:
+    """The encoders of an artifact (by id, or the newest as of a time), checksum verified first."""
+    import joblib
+
+    from recpipe import artifacts
+
+    artifact = artifacts.get(engine, settings, artifact_id, kind=ENCODINGS_KIND, as_of=as_of)
+    encoders = joblib.load(artifact.path)
+    if not isinstance(encoders, FieldEncoders):
+        raise artifacts.ArtifactIntegrityError(f"artifact {artifact.artifact_id} is not a FieldEncoders")
+    return encoders

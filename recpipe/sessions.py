@@ -153,3 +153,57 @@ def make_session_sets(events: pd.DataFrame, params: SessionParams, purpose: str)
     if purpose == PRODUCTION:
         return {"train": kept, "latest": latest_sessions(sessions, params.min_rating)}
     raise ValueError(f"unknown purpose {purpose!r}")
+
+
+def build_sessions(engine, as_of: datetime, params: SessionParams = SessionParams(), purpose: str = PRODUCTION) -> dict:
+    """Sessionize the ratings before `as_of` and store the sets in `sessions`.
+
+    Rebuilding with the same as_of, purpose and params replaces that build (same
+    build_id, same rows): a re-run changes nothing.
+    """
+    import sqlalchemy as sa
+
+    from recpipe.db import copy_frame, read_ratings
+
+    events = read_ratings(engine, before=as_of)
+    sets = make_session_sets(events, params, purpose)
+    stats = {name: split_stats(frame) for name, frame in sets.items()}
+    params_json = json.dumps(params.to_dict(), sort_keys=True)
+    with engine.begin() as conn:
+        build_id = conn.execute(
+            sa.text(
+                "INSERT INTO session_builds (as_of, purpose, params, stats)"
+                " VALUES (:as_of, :purpose, CAST(:params AS jsonb), CAST(:stats AS jsonb))"
+                " ON CONFLICT (as_of, purpose, params) DO UPDATE SET stats = EXCLUDED.stats"
+                " RETURNING build_id"
+            ),
+            {"as_of": as_of, "purpose": purpose, "params": params_json, "stats": json.dumps(stats)},
+        ).scalar_one()
+        conn.execute(sa.text("DELETE FROM sessions WHERE build_id = :b"), {"b": build_id})
+        for name, frame in sets.items():
+            rows = frame.assign(
+                build_id=build_id,
+                split=name,
+                position=frame.groupby("session_id").cumcount(),
+                rated_at=pd.to_datetime(frame["ts"], unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M:%S+00"),
+            )
+            copy_frame(conn, "sessions", rows,
+                       ["build_id", "split", "session_id", "position", "user_id", "movie_id", "rating", "rated_at"])
+    log.info("session build %s as of %s: %s", build_id, as_of, stats)
+    return {"build_id": build_id, "as_of": as_of.isoformat(), "purpose": purpose, "params": params.to_dict(),
+            "stats": stats}
+
+
+def load_session_sets(engine, build_id: int) -> dict[str, pd.DataFrame]:
+    """The stored sets of a build, each ordered by session and position."""
+    from recpipe.db import read_frame
+
+    with engine.connect() as conn:
+        frame = read_frame(
+            conn,
+            "SELECT split, session_id, position, user_id, movie_id, rating,"
+            " extract(epoch FROM rated_at)::bigint AS ts FROM sessions WHERE build_id = %(b)s"
+            " ORDER BY split, session_id, position",
+            {"b": build_id},
+        )
+    return {name: part.drop(columns="split").reset_index(drop=True) for name, part in frame.groupby("split")}
