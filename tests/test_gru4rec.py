@@ -1,0 +1,209 @@
+"""GRU4Rec model: shapes, lanes, state resets, learning a planted pattern, save/load,
+top-k scoring. Small generated data only."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recpipe.evaluation.seed002 import evaluate_popularity, evaluate_sequences, popularity_scores
+from recpipe.models.gru4rec import (
+    GRU4RecBundle,
+    GRU4RecConfig,
+    ItemIndex,
+    _build_networks,
+    fit_gru4rec,
+    pack_lanes,
+    score_top_k,
+    session_sequences,
+)
+
+N_ITEMS = 24
+TINY = GRU4RecConfig(hidden=24, embedding_dim=16, dropout=0.0, learning_rate=0.02, batch_size=8,
+                     bptt=8, epochs=6, patience=0, seed=7)
+
+
+def planted_events(n_sessions=240, seed=0, n_items=N_ITEMS, first_movie=100):
+    """Sessions where movie (first_movie + i) is always followed by first_movie + (i+1) mod n;
+    session starts are drawn from a skewed distribution (popular != next item)."""
+    rng = np.random.default_rng(seed)
+    rows, ts, line = [], 1_000_000, 0
+    p = np.arange(n_items, 0, -1, dtype=float) ** 2
+    p /= p.sum()
+    for sid in range(n_sessions):
+        start = rng.choice(n_items, p=p)
+        length = int(rng.integers(3, 10))
+        for j in range(length):
+            line += 1
+            ts += 30
+            rows.append((sid % 40 + 1, first_movie + (start + j) % n_items, 4, ts, line, sid))
+        ts += 10_000
+    return pd.DataFrame(rows, columns=["user_id", "movie_id", "rating", "ts", "line_no", "session_id"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    train = planted_events(240, seed=0)
+    val = planted_events(40, seed=1)
+    out = tmp_path_factory.mktemp("gru4rec")
+    bundle, history = fit_gru4rec(train, TINY, val_events=val, out_dir=out, verbose=0)
+    return bundle, history, train, out
+
+
+# ----------------------------------------------------------------------- config/index
+def test_config_round_trip_and_unknown_field():
+    cfg = GRU4RecConfig(hidden=32, bptt=4)
+    assert GRU4RecConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError):
+        GRU4RecConfig.from_dict({"hidden": 8, "nope": 1})
+
+
+def test_item_index_encode_decode_json():
+    idx = ItemIndex([30, 10, 20, 10])
+    assert list(idx.movie_ids) == [10, 20, 30]
+    assert list(idx.encode([20, 99, 10])) == [1, -1, 0]
+    assert list(idx.decode([2, 0])) == [30, 10]
+    again = ItemIndex.from_json(idx.to_json())
+    assert list(again.movie_ids) == [10, 20, 30] and 20 in again and 5 not in again
+
+
+# ------------------------------------------------------------------------ lane packing
+def test_pack_lanes_covers_every_step_once_with_resets():
+    seqs = [np.array([1, 2, 3]), np.array([4, 5]), np.array([6]), np.array([7, 8, 9, 10, 11])]
+    items, reset, targets, weights = pack_lanes(seqs, n_lanes=2, bptt=3, rng=np.random.default_rng(0))
+    assert items.shape == reset.shape == targets.shape == weights.shape
+    assert items.shape[0] % 2 == 0 and items.shape[1] == 3
+    real = weights > 0
+    assert int(real.sum()) == 2 + 1 + 0 + 4  # every next-item step, length-1 session has none
+    pairs = sorted(zip(items[real].tolist(), targets[real].tolist()))
+    assert pairs == [(1, 2), (2, 3), (4, 5), (7, 8), (8, 9), (9, 10), (10, 11)]
+    # rebuild each lane's stream: window w of lane l is row w * n_lanes + l
+    n_windows = items.shape[0] // 2
+    for lane in range(2):
+        rows = [w * 2 + lane for w in range(n_windows)]
+        it, rs, wt = (np.concatenate([a[r] for r in rows]) for a in (items, reset, weights))
+        starts = it[(rs == 1) & (wt > 0)]
+        assert set(starts.tolist()) <= {1, 4, 7}  # resets exactly at session starts
+        # inside a session, consecutive positions carry consecutive items, no reset
+        for pos in range(1, len(it)):
+            if wt[pos] > 0 and rs[pos] == 0:
+                assert wt[pos - 1] > 0 and it[pos] == it[pos - 1] + 1
+
+
+# ------------------------------------------------------------------------ networks
+def test_network_shapes():
+    cfg = GRU4RecConfig(hidden=8, embedding_dim=6, batch_size=4, bptt=5)
+    train_model, infer_model = _build_networks(11, cfg)
+    x = np.zeros((4, 5), np.int32)
+    r = np.zeros((4, 5), np.float32)
+    assert tuple(train_model.predict_on_batch([x, r]).shape) == (4, 5, 11)
+    x2 = np.zeros((3, 7), np.int32)
+    assert tuple(infer_model.predict_on_batch([x2, np.zeros((3, 7), np.float32)]).shape) == (3, 7, 11)
+
+
+def test_hidden_state_resets_at_session_start():
+    """A session packed after another one with a reset flag scores exactly like the
+    same session run alone; without the flag (state leaking) it does not."""
+    cfg = GRU4RecConfig(hidden=8, embedding_dim=6, batch_size=2, bptt=6, dropout=0.0, seed=3)
+    train_model, infer_model = _build_networks(10, cfg)
+    first, second = [1, 2, 3], [4, 5, 6]
+    packed = np.array([first + second], np.int32)
+    flags = np.array([[1, 0, 0, 1, 0, 0]], np.float32)
+    alone = infer_model.predict_on_batch([np.array([second], np.int32), np.zeros((1, 3), np.float32)])
+    with_reset = infer_model.predict_on_batch([packed, flags])
+    leaked = infer_model.predict_on_batch([packed, np.zeros_like(flags)])
+    np.testing.assert_allclose(with_reset[0, 3:], alone[0], rtol=1e-5, atol=1e-5)
+    assert np.abs(leaked[0, 3:] - alone[0]).max() > 1e-3
+
+    # stateful training network: state carries across windows unless the flag resets it
+    lanes = np.array([first + second, second + first], np.int32)
+    train_model.get_layer("gru_train").reset_state()
+    train_model.predict_on_batch([lanes, np.zeros((2, 6), np.float32)])  # leaves a state
+    fresh = np.ones((2, 6), np.float32) * np.array([1, 0, 0, 1, 0, 0], np.float32)
+    after = train_model.predict_on_batch([lanes, fresh])
+    np.testing.assert_allclose(after[0, 3:], alone[0], rtol=1e-5, atol=1e-5)
+    carried = train_model.predict_on_batch([lanes, np.zeros((2, 6), np.float32)])
+    assert np.abs(carried[0, 3:] - alone[0]).max() > 1e-3
+
+
+def test_sequence_logits_independent_of_batch_company(trained):
+    bundle = trained[0]
+    a = np.array([0, 1, 2, 3], np.int32)
+    b = np.array([5, 6], np.int32)
+    alone = bundle.sequence_logits([a])[0]
+    mixed = bundle.sequence_logits([b, a, np.array([9, 8, 7, 6, 5, 4, 3], np.int32)])[1]
+    np.testing.assert_allclose(alone, mixed, rtol=1e-5, atol=1e-5)
+    last = bundle.sequence_logits([a], last_only=True)[0]
+    np.testing.assert_allclose(last, alone[-1], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------- learning
+def test_learns_planted_sequential_pattern(trained):
+    bundle, history, train, out = trained
+    test_seqs = session_sequences(planted_events(60, seed=2), bundle.index)
+    learned = evaluate_sequences(bundle, test_seqs, k=1)
+    pop = evaluate_popularity(popularity_scores(train, bundle.index), test_seqs, k=1)
+    untrained_cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "epochs": 0})
+    untrained, _ = fit_gru4rec(train, untrained_cfg, verbose=0)
+    before = evaluate_sequences(untrained, test_seqs, k=1)
+    assert learned["n_steps"] == sum(len(s) - 1 for s in test_seqs)
+    assert learned["recall"] > 0.9, learned  # next item is deterministic
+    assert before["recall"] < 0.3 and pop["recall"] < 0.3
+    assert history["loss"][-1] < history["loss"][0]
+    assert history["epochs_run"] == TINY.epochs and history["events_per_s"] > 0
+    assert len(history["val_recall@20"]) == TINY.epochs
+    assert (out / "gru4rec_training.png").stat().st_size > 0
+
+
+def test_early_stopping_restores_best(tmp_path):
+    cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "epochs": 8, "patience": 1, "learning_rate": 0.5})
+    bundle, history = fit_gru4rec(planted_events(60), cfg, val_events=planted_events(20, seed=1),
+                                  verbose=0)
+    assert 1 <= history["epochs_run"] <= 8
+    best = max(history["val_recall@20"])
+    assert history["val_recall@20"][history["best_epoch"] - 1] == best
+    if history["epochs_run"] < 8:  # stopped after patience epochs without improvement
+        assert history["epochs_run"] == history["best_epoch"] + 1
+    val = evaluate_sequences(bundle, session_sequences(planted_events(20, seed=1), bundle.index))
+    assert val["recall"] == pytest.approx(best)
+
+
+def test_save_load_round_trip_identical_scores(trained, tmp_path):
+    bundle = trained[0]
+    bundle.save(tmp_path / "m")
+    again = GRU4RecBundle.load(tmp_path / "m")
+    assert again.config == bundle.config
+    assert list(again.index.movie_ids) == list(bundle.index.movie_ids)
+    seqs = [np.array([0, 1, 2], np.int32), np.array([7], np.int32)]
+    for x, y in zip(bundle.sequence_logits(seqs), again.sequence_logits(seqs)):
+        np.testing.assert_array_equal(x, y)
+    hist = {1: [100, 101], 2: [110]}
+    pd.testing.assert_frame_equal(score_top_k(bundle, hist, k=5), score_top_k(again, hist, k=5))
+
+
+# ------------------------------------------------------------------------- top-k
+def test_score_top_k_excludes_seen_and_returns_k_rows(trained):
+    bundle = trained[0]
+    histories = {1: [100, 101, 102], 2: [105], 3: [], 4: [999, 110]}  # 999 unknown: skipped
+    seen = {1: {100, 101, 102, 103}, 2: {105, 106}, 4: {999}}
+    top = score_top_k(bundle, histories, seen, k=5)
+    assert list(top.columns) == ["user_id", "rank", "movie_id", "score"]
+    assert top.groupby("user_id").size().to_dict() == {1: 5, 2: 5, 3: 5, 4: 5}
+    for u, s in seen.items():
+        assert not set(top.loc[top.user_id == u, "movie_id"]) & set(s)
+    assert (top.groupby("user_id")["rank"].apply(list) == pd.Series({u: [1, 2, 3, 4, 5] for u in (1, 2, 3, 4)})).all()
+    assert top.groupby("user_id")["score"].apply(lambda s: s.is_monotonic_decreasing).all()
+    # with nothing excluded the planted successor comes first
+    free = score_top_k(bundle, {5: [100, 101]}, {}, k=3)
+    assert free.loc[free["rank"] == 1, "movie_id"].item() == 102
+
+
+def test_score_top_k_tie_break_by_movie_id():
+    cfg = GRU4RecConfig(hidden=4, embedding_dim=4, batch_size=2, bptt=2)
+    _, infer = _build_networks(6, cfg)
+    infer.set_weights([np.zeros_like(w) for w in infer.get_weights()])  # every score equal
+    bundle = GRU4RecBundle(infer, ItemIndex([50, 10, 40, 20, 30, 60]), cfg)
+    top = score_top_k(bundle, {7: [10], 8: []}, {7: {20}}, k=3)
+    assert top[top.user_id == 7].movie_id.tolist() == [10, 30, 40]
+    assert top[top.user_id == 8].movie_id.tolist() == [10, 20, 30]
+    assert top.score.round(6).eq(round(1 / 6, 6)).all()
