@@ -47,11 +47,16 @@ class Settings:
 def airflow_database_url() -> str | None:
     """The URL of the Airflow connection `recpipe_db`, or None when it is not defined.
 
-    Imported lazily: only Airflow workers have Airflow installed and configured.
+    Only looked up inside an Airflow process (where `airflow` is already imported):
+    importing Airflow elsewhere costs seconds and reconfigures logging.
     """
+    import sys
+
+    if "airflow" not in sys.modules:
+        return None
     try:
         from airflow.sdk import BaseHook
-    except ImportError:  # pragma: no cover - outside Airflow
+    except ImportError:  # pragma: no cover - an Airflow 2 process
         return None
     try:
         conn = BaseHook.get_connection(AIRFLOW_CONN_ID)

