@@ -302,3 +302,81 @@ def test_on_failure_callback_never_raises(monkeypatch):
 
     monkeypatch.setenv("RECPIPE_DATABASE_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
     alerts.on_failure_callback({"ti": None, "exception": ValueError("x")})
+
+
+# ---------------------------------------------------------------------------------------
+# End to end: `airflow dags test` on small generated data
+# ---------------------------------------------------------------------------------------
+def _recpipe_env(settings) -> dict[str, str]:
+    return {
+        "RECPIPE_DATABASE_URL": settings.database_url,
+        "RECPIPE_SOURCE_DIR": str(settings.source_dir),
+        "RECPIPE_HOME": str(settings.home),
+        "RECPIPE_TASK_RETRIES": "0",
+    }
+
+
+def _ratings(engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "SELECT user_id, movie_id, rating, rated_at, source_line FROM ratings ORDER BY user_id, movie_id"))]
+
+
+@pytest.fixture
+def three_day_source(synthetic_dir, tmp_path) -> Path:
+    """The synthetic users/movies with only the ratings of 2000-05-10 .. 2000-05-12 (UTC),
+    plus one rating exactly at 2000-05-11T00:00:00 (an interval boundary)."""
+    from datetime import datetime, timezone
+
+    lo = int(datetime(2000, 5, 10, tzinfo=timezone.utc).timestamp())
+    boundary = lo + 86_400
+    hi = lo + 3 * 86_400
+    dest = tmp_path / "ml-3days"
+    dest.mkdir()
+    for name in ("users.dat", "movies.dat"):
+        (dest / name).write_bytes((synthetic_dir / name).read_bytes())
+    kept, pairs = [], set()
+    for line in (synthetic_dir / "ratings.dat").read_text(encoding="latin-1").splitlines(keepends=True):
+        user, movie, _, ts = line.strip().split("::")
+        pairs.add((user, movie))
+        if lo <= int(ts) < hi:
+            kept.append(line)
+    assert len(kept) > 20, "the synthetic data should have ratings in those three days"
+    movie = next(str(m) for m in range(1, 91) if ("1", str(m)) not in pairs)
+    kept.insert(len(kept) // 2, f"1::{movie}::4::{boundary}\n")
+    (dest / "ratings.dat").write_text("".join(kept), encoding="latin-1")
+    return dest
+
+
+def test_ingest_dag_intervals_and_rerun_equal_one_full_ingest(airflow_home, engine, settings, three_day_source):
+    from recpipe import pipeline
+
+    settings = settings.with_(source_dir=three_day_source)
+    env = _recpipe_env(settings)
+    # `dags test <date>` runs the data interval that ends at <date>: [date - 1 day, date).
+    timings = {}
+    for logical_date in ("2000-05-11", "2000-05-12", "2000-05-13", "2000-05-12"):
+        proc = airflow_home.airflow("dags", "test", "recpipe_ingest", logical_date, env=env)
+        timings.setdefault(logical_date, []).append(round(proc.elapsed, 1))
+    print("airflow dags test recpipe_ingest timings (s):", timings)
+    with engine.connect() as conn:
+        batches = conn.execute(sa.text(
+            "SELECT interval_start, interval_end FROM ingest_batches ORDER BY batch_id")).all()
+    assert [(b[0].day, b[1].day) for b in batches] == [(10, 11), (11, 12), (12, 13), (11, 12)]
+    by_dag = _ratings(engine)
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE ratings, rejected_rows, ingest_batches, users, movies RESTART IDENTITY CASCADE")
+    pipeline.ingest_interval(settings, None, None)
+    assert by_dag == _ratings(engine)
+    assert len(by_dag) == sum(1 for _ in open(three_day_source / "ratings.dat"))
+
+
+def test_ingest_task_failure_records_an_alert(airflow_home, engine, settings, tmp_path):
+    env = {**_recpipe_env(settings), "RECPIPE_SOURCE_DIR": str(tmp_path / "missing")}
+    proc = airflow_home.airflow("dags", "test", "recpipe_ingest", "2000-05-11", env=env, check=False)
+    assert proc.returncode != 0
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, context, message FROM alerts")).all()
+    assert len(rows) == 1 and rows[0].kind == "task_failed"
+    assert "dag_id=recpipe_ingest" in rows[0].context and "task_id=ingest" in rows[0].context
