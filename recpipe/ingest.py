@@ -144,7 +144,7 @@ def ingest(
             bar.update(1)
             _stage_ratings(conn, rows)
             bar.update(1)
-            outcome = _classify_and_insert(conn, batch_id)
+            outcome = _classify_and_insert(conn, batch_id, len(rows))
             bar.update(2)
             _record_rejected(conn, batch_id, source.RATINGS_FILE, bad)
             reasons = Counter(dict(outcome["rejected"]))
@@ -211,43 +211,23 @@ def _upsert_movies(conn: sa.Connection, movies: pd.DataFrame) -> int:
 
 
 def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
+    """COPY the parsed rows into a temp table, each marked against earlier lines of the
+    same (user, movie) in this input: 0 first, 1 identical repeat, 2 differing repeat."""
+    rows = rows.sort_values("line_no", kind="stable")
+    key = ["user_id", "movie_id"]
+    repeat = rows.duplicated(key, keep="first").to_numpy()
+    identical = rows.duplicated(key + ["rating", "ts"], keep="first").to_numpy()
+    staged = rows.assign(repeat=np.where(repeat, np.where(identical, 1, 2), 0))
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_ratings (user_id integer, movie_id integer, rating smallint,"
-        " ts bigint, line_no bigint) ON COMMIT DROP"
+        " ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
     )
-    copy_frame(conn, "stage_ratings", rows, ["user_id", "movie_id", "rating", "ts", "line_no"])
+    copy_frame(conn, "stage_ratings", staged, ["user_id", "movie_id", "rating", "ts", "line_no", "repeat"])
 
 
-# One pass over the staged rows decides each row's fate; then two inserts.
-_CLASSIFY = """
-CREATE TEMP TABLE classified ON COMMIT DROP AS
-SELECT s.user_id, s.movie_id, s.rating, to_timestamp(s.ts) AS rated_at, s.line_no,
-       CASE
-         WHEN u.user_id IS NULL THEN 'unknown_user'
-         WHEN m.movie_id IS NULL THEN 'unknown_movie'
-         WHEN r.user_id IS NOT NULL AND r.rating = s.rating AND r.rated_at = to_timestamp(s.ts) THEN 'duplicate'
-         WHEN r.user_id IS NOT NULL THEN 'conflicts_stored'
-         WHEN s.first_line = s.line_no THEN 'insert'
-         WHEN s.first_rating = s.rating AND s.first_ts = s.ts THEN 'duplicate'
-         ELSE 'duplicate_in_file'
-       END AS outcome
-FROM (
-    SELECT st.*,
-           first_value(line_no) OVER w AS first_line,
-           first_value(rating)  OVER w AS first_rating,
-           first_value(ts)      OVER w AS first_ts
-    FROM stage_ratings st
-    WINDOW w AS (PARTITION BY user_id, movie_id ORDER BY line_no)
-) s
-LEFT JOIN users u ON u.user_id = s.user_id
-LEFT JOIN movies m ON m.movie_id = s.movie_id
-LEFT JOIN ratings r ON r.user_id = s.user_id AND r.movie_id = s.movie_id
-"""
-
-
-# Above this many new ratings, the foreign keys of `ratings` are dropped for the insert
-# and re-added (re-validated by one join) in the same transaction: row-by-row FK
-# triggers cost ~15 s per million rows, the re-validation ~0.2 s.
+# Above this many staged ratings, the foreign keys of `ratings` are dropped for the
+# insert and re-added (re-validated by one join) in the same transaction: row-by-row
+# FK triggers cost ~15 s per million rows, the re-validation ~0.2 s.
 BULK_INSERT_ROWS = 50_000
 _RATINGS_FKS = {
     "ratings_user_id_fkey": "FOREIGN KEY (user_id) REFERENCES users",
@@ -255,43 +235,63 @@ _RATINGS_FKS = {
     "ratings_batch_id_fkey": "FOREIGN KEY (batch_id) REFERENCES ingest_batches",
 }
 
+# One statement decides each staged row's fate and writes inserts and rejections.
+_CLASSIFY_AND_WRITE = """
+WITH classified AS MATERIALIZED (
+    SELECT s.user_id, s.movie_id, s.rating, to_timestamp(s.ts) AS rated_at, s.line_no,
+           CASE
+             WHEN u.user_id IS NULL THEN 'unknown_user'
+             WHEN m.movie_id IS NULL THEN 'unknown_movie'
+             WHEN r.user_id IS NOT NULL AND r.rating = s.rating AND r.rated_at = to_timestamp(s.ts)
+               THEN 'duplicate'
+             WHEN r.user_id IS NOT NULL THEN 'conflicts_stored'
+             WHEN s.repeat = 0 THEN 'insert'
+             WHEN s.repeat = 1 THEN 'duplicate'
+             ELSE 'duplicate_in_file'
+           END AS outcome
+    FROM stage_ratings s
+    LEFT JOIN users u ON u.user_id = s.user_id
+    LEFT JOIN movies m ON m.movie_id = s.movie_id
+    LEFT JOIN ratings r ON r.user_id = s.user_id AND r.movie_id = s.movie_id
+), inserted AS (
+    INSERT INTO ratings (user_id, movie_id, rating, rated_at, batch_id, source_line)
+    SELECT user_id, movie_id, rating, rated_at, %(batch)s, line_no FROM classified
+    WHERE outcome = 'insert'
+    ORDER BY user_id, movie_id  -- primary-key order: sequential index inserts
+    RETURNING 1
+), rejected AS (
+    INSERT INTO rejected_rows (source_file, line_no, batch_id, raw_line, reason)
+    SELECT %(file)s, line_no, %(batch)s,
+           concat_ws('::', user_id, movie_id, rating, extract(epoch FROM rated_at)::bigint), outcome
+    FROM classified WHERE outcome NOT IN ('insert', 'duplicate')
+    ON CONFLICT (source_file, line_no) DO NOTHING
+    RETURNING 1
+)
+SELECT outcome, count(*) FROM classified GROUP BY outcome
+UNION ALL SELECT 'rows_inserted', count(*) FROM inserted
+"""
 
-def _classify_and_insert(conn: sa.Connection, batch_id: int) -> dict:
-    conn.exec_driver_sql(_CLASSIFY)
-    to_insert = conn.exec_driver_sql("SELECT count(*) FROM classified WHERE outcome = 'insert'").scalar_one()
-    bulk = to_insert > BULK_INSERT_ROWS
+
+def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int) -> dict:
+    bulk = staged_rows > BULK_INSERT_ROWS
     if bulk:
         conn.exec_driver_sql(
             "ALTER TABLE ratings " + ", ".join(f"DROP CONSTRAINT {name}" for name in _RATINGS_FKS)
         )
-    inserted = conn.execute(
-        sa.text(
-            "INSERT INTO ratings (user_id, movie_id, rating, rated_at, batch_id, source_line)"
-            " SELECT user_id, movie_id, rating, rated_at, :b, line_no FROM classified WHERE outcome = 'insert'"
-            " ORDER BY user_id, movie_id"  # primary-key order: sequential index inserts
-        ),
-        {"b": batch_id},
-    ).rowcount
+    with raw_cursor(conn) as cur:
+        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id, "file": source.RATINGS_FILE})
+        counts = dict(cur.fetchall())
     if bulk:
         conn.exec_driver_sql(
             "ALTER TABLE ratings " + ", ".join(f"ADD CONSTRAINT {n} {d}" for n, d in _RATINGS_FKS.items())
         )
-    conn.execute(
-        sa.text(
-            "INSERT INTO rejected_rows (source_file, line_no, batch_id, raw_line, reason)"
-            " SELECT :f, line_no, :b, concat_ws('::', user_id, movie_id, rating, extract(epoch FROM rated_at)::bigint),"
-            " outcome FROM classified WHERE outcome NOT IN ('insert', 'duplicate')"
-            " ON CONFLICT (source_file, line_no) DO NOTHING"
-        ),
-        {"b": batch_id, "f": source.RATINGS_FILE},
-    )
-    counts = dict(
-        conn.exec_driver_sql("SELECT outcome, count(*) FROM classified GROUP BY outcome").all()
-    )
+    inserted = counts.pop("rows_inserted")
+    if inserted != counts.pop("insert", 0):
+        raise RuntimeError("ratings changed under the ingest despite its lock")
     return {
         "inserted": inserted,
         "duplicate": counts.pop("duplicate", 0),
-        "rejected": [(k, v) for k, v in counts.items() if k != "insert"],
+        "rejected": list(counts.items()),
     }
 
 

@@ -1,0 +1,63 @@
+"""Shared set-up for the benchmarks: a scratch database and the data folder."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import secrets
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
+SYSTEM_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+
+
+def source_dir() -> Path:
+    explicit = os.environ.get("RECPIPE_SOURCE_DIR")
+    folder = Path(explicit) if explicit else ML1M
+    if not (folder / "ratings.dat").is_file():
+        sys.exit(f"benchmarks need ML-1M: set RECPIPE_SOURCE_DIR (looked in {folder})")
+    return folder
+
+
+@contextmanager
+def scratch_database():
+    """A fresh database on RECPIPE_BENCH_SERVER_URL's server (default: the local PostgreSQL)."""
+    server = sa.engine.make_url(os.environ.get("RECPIPE_BENCH_SERVER_URL", SYSTEM_PG))
+    name = f"recpipe_bench_{secrets.token_hex(3)}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "measured_at": datetime.now(timezone.utc).isoformat(), "machine": machine(),
+               **payload}
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    return path
