@@ -477,10 +477,16 @@ def score_top_k(bundle: GRU4RecBundle, histories: Mapping[int, Iterable[int]],
         for row, u in enumerate(chunk):
             s = bundle.index.encode(list(seen.get(u, ())))
             masked[row, s[s >= 0]] = -np.inf
-        order = np.argsort(-masked, axis=1, kind="stable")[:, :k]  # stable: lower movie_id first
+        kk = min(k, masked.shape[1])
+        # k-th best value per row; every item >= it (ties included) is a candidate
+        kth = -np.partition(-masked, kk - 1, axis=1)[:, kk - 1] if kk else None
         for row, u in enumerate(chunk):
-            top = order[row]
-            top = top[np.isfinite(masked[row, top])]
+            if not kk:
+                break
+            cand = np.flatnonzero(masked[row] >= kth[row])
+            cand = cand[np.isfinite(masked[row, cand])]
+            # best score first, ties by ascending item index = ascending movie_id
+            top = cand[np.lexsort((cand, -masked[row, cand]))][:k]
             rows_u.append(np.full(len(top), u, dtype=np.int64))
             rows_r.append(np.arange(1, len(top) + 1, dtype=np.int64))
             rows_m.append(bundle.index.decode(top))
