@@ -198,7 +198,9 @@ class InteractingLayer(keras.layers.Layer):
     def call(self, inputs):
         width = self.heads * self.head_dim
         n_fields = inputs.shape[1]
-        proj = ops.matmul(inputs, self.kernel)  # (b, f, n_proj * width)
+        d_in = inputs.shape[-1]
+        # one 2-D matmul (b*f, d_in) x (d_in, n_proj*width): far faster than a batched one
+        proj = ops.reshape(ops.matmul(ops.reshape(inputs, (-1, d_in)), self.kernel), (-1, n_fields, self.kernel.shape[-1]))
         q = ops.reshape(proj[..., :width], (-1, n_fields, self.heads, self.head_dim))
         k = ops.reshape(proj[..., width : 2 * width], (-1, n_fields, self.heads, self.head_dim))
         v = ops.reshape(proj[..., 2 * width : 3 * width], (-1, n_fields, self.heads, self.head_dim))
@@ -313,12 +315,14 @@ def _optimizer(config: AutoIntConfig) -> keras.optimizers.Optimizer:
     return keras.optimizers.Adam(learning_rate=lr)
 
 
-def compile_autoint(model: keras.Model, config: AutoIntConfig, jit_compile: Any = "auto") -> keras.Model:
+def compile_autoint(model: keras.Model, config: AutoIntConfig, jit_compile: Any = "auto", auc: bool = True,
+                    steps_per_execution: int = 1) -> keras.Model:
     model.compile(
         optimizer=_optimizer(config),
         loss=keras.losses.BinaryCrossentropy(),
-        metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)],
+        metrics=[keras.metrics.AUC(name="auc", num_thresholds=200)] if auc else None,
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return model
 
