@@ -180,12 +180,14 @@ def build_sessions(engine, as_of: datetime, params: SessionParams = SessionParam
             {"as_of": as_of, "purpose": purpose, "params": params_json, "stats": json.dumps(stats)},
         ).scalar_one()
         conn.execute(sa.text("DELETE FROM sessions WHERE build_id = :b"), {"b": build_id})
+        conn.exec_driver_sql("SET LOCAL timezone = 'UTC'")
         for name, frame in sets.items():
             rows = frame.assign(
                 build_id=build_id,
                 split=name,
                 position=frame.groupby("session_id").cumcount(),
-                rated_at=pd.to_datetime(frame["ts"], unit="s", utc=True).dt.strftime("%Y-%m-%d %H:%M:%S+00"),
+                # ISO text without zone, read as UTC (SET LOCAL below): far faster than strftime.
+                rated_at=np.datetime_as_string(frame["ts"].to_numpy("datetime64[s]")),
             )
             copy_frame(conn, "sessions", rows,
                        ["build_id", "split", "session_id", "position", "user_id", "movie_id", "rating", "rated_at"])

@@ -21,8 +21,11 @@ CREATE TABLE session_builds (
     UNIQUE (as_of, purpose, params)
 );
 
+-- No foreign key on build_id: rows are written only by the build in the transaction
+-- that writes its session_builds row, and per-row FK triggers would triple the
+-- cost of writing a million rows.
 CREATE TABLE sessions (
-    build_id    bigint      NOT NULL REFERENCES session_builds ON DELETE CASCADE,
+    build_id    bigint      NOT NULL,
     split       text        NOT NULL,   -- train, validation, test; latest (for scoring)
     session_id  bigint      NOT NULL,
     position    integer     NOT NULL,   -- 0-based place of the event in its session
