@@ -52,8 +52,12 @@ def settings():
 
 
 def run_as_of(context) -> datetime:
-    """The "as of" instant of a run: its data interval end; for a manual run without one,
-    its logical date, else the time it was allowed to run (run_after)."""
+    """The "as of" instant of a run: the `as_of` param when given, else its data interval
+    end; for a manual run without one, its logical date, else its run_after."""
+    override = (context.get("params") or {}).get("as_of")
+    if override:
+        value = datetime.fromisoformat(str(override).replace("Z", "+00:00"))
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     for key in ("data_interval_end", "logical_date"):
         value = context.get(key)
         if value is not None:

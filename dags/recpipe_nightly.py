@@ -8,7 +8,7 @@ else its run_after). Training runs on the GPU Celery queue (RECPIPE_GPU_QUEUE, d
 initialised again inside a forked worker. XCom carries ids and paths only.
 
 Trigger-form params: epochs, autoint_overrides, gru4rec_overrides, gate_overrides, dry_run
-(train and evaluate, publish nothing).
+(train and evaluate, publish nothing), as_of (ISO date-time overriding the interval end).
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ TRAINED_MODELS = ("autoint", "gru4rec")
         "gate_overrides": Param({}, type="object",
                                 description="Gate floors / tolerance overrides, e.g. {\"floors\": {\"ndcg_at_10\": 0.05}}."),
         "dry_run": Param(False, type="boolean", description="Train and evaluate, publish nothing."),
+        "as_of": Param(None, type=["null", "string"], format="date-time",
+                       description="Override the run's \"as of\" instant (ISO 8601; default: the data interval end)."),
     },
 )
 def recpipe_nightly():

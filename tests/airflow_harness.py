@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,3 +169,9 @@ def wait_for(predicate, *, timeout: float, interval: float = 2.0, what: str = "c
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def worker_hostname() -> str:
+    """`[core] hostname_callable` for several workers on one machine: the name given to each
+    worker process in RECPIPE_TEST_WORKER_HOSTNAME (its Celery hostname), else the FQDN."""
+    return os.environ.get("RECPIPE_TEST_WORKER_HOSTNAME") or socket.getfqdn()

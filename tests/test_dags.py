@@ -147,10 +147,12 @@ def test_nightly_params(dag_info):
     dag = dag_info["dags"]["recpipe_nightly"]
     assert dag["params"] == {
         "epochs": None, "autoint_overrides": {}, "gru4rec_overrides": {}, "gate_overrides": {}, "dry_run": False,
+        "as_of": None,
     }
     schemas = dag["param_schemas"]
     assert schemas["epochs"]["type"] == ["null", "integer"]
     assert schemas["dry_run"]["type"] == "boolean"
+    assert schemas["as_of"]["type"] == ["null", "string"] and schemas["as_of"]["format"] == "date-time"
     assert all(schemas[k]["type"] == "object" for k in ("autoint_overrides", "gru4rec_overrides", "gate_overrides"))
 
 

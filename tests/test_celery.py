@@ -1,0 +1,168 @@
+"""A real CeleryExecutor deployment on this machine, end to end.
+
+Redis broker (a separate Redis database number), PostgreSQL metadata database (scratch),
+api-server (Airflow 3's workers run tasks through its Execution API), scheduler,
+dag-processor, and two Celery workers with distinct hostnames: one on the default queue,
+one on the GPU queue. One `recpipe_nightly` run on small generated data must succeed,
+with both training tasks executed by the GPU-queue worker. Everything started here is
+stopped at the end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from airflow_harness import REPO_ROOT, AirflowHome, scratch_postgres_database, wait_for
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = os.environ.get("RECPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+RUN_TIMEOUT_S = float(os.environ.get("RECPIPE_TEST_CELERY_TIMEOUT", "1200"))
+AS_OF = "2000-12-01T00:00:00+00:00"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_ok(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=3).ping())
+    except Exception:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+@pytest.fixture
+def celery_cluster(database_url, synthetic_dir, tmp_path):
+    if not _redis_ok(REDIS_URL):
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    server = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    meta_url, drop_meta = scratch_postgres_database(server, prefix="airflow_celery")
+    meta_sa = meta_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    port = _free_port()
+    tag = secrets.token_hex(3)
+    hostnames = {"default": f"default@recpipe-test-{tag}", "gpu": f"gpu@recpipe-test-{tag}"}
+    home = AirflowHome.create(
+        tmp_path / "airflow",
+        metadata_url=meta_sa,
+        recpipe_env={
+            "RECPIPE_DATABASE_URL": database_url,
+            "RECPIPE_SOURCE_DIR": str(synthetic_dir),
+            "RECPIPE_HOME": str(tmp_path / "recpipe-home"),
+            "RECPIPE_GPU_QUEUE": "gpu",
+            "RECPIPE_TASK_RETRIES": "0",
+            # Start dates in the future: the scheduler creates no scheduled runs of its own,
+            # only the run this test triggers (which has no logical date).
+            "RECPIPE_INGEST_START": "2100-01-01",
+            "RECPIPE_NIGHTLY_START": "2100-01-01",
+        },
+        extra={
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta_sa,  # SQLAlchemy 2.1: plain postgresql:// means psycopg 3
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # A task's recorded hostname is the Celery hostname of the worker that ran it
+            # (the two workers share this machine): see airflow_harness.worker_hostname.
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_harness.worker_hostname",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    home.migrate()
+    meta = sa.create_engine(meta_sa)
+    try:
+        home.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
+        home.start("dag-processor", "dag-processor")
+        home.start("scheduler", "scheduler")
+        for queue, hostname in hostnames.items():
+            home.start(
+                f"worker-{queue}", "celery", "worker", "--queues", queue, "--celery-hostname", hostname,
+                "--concurrency", "2" if queue == "default" else "1", "--skip-serve-logs",
+                env={"RECPIPE_TEST_WORKER_HOSTNAME": hostname},
+            )
+        yield home, meta, hostnames, port
+    finally:
+        home.stop_all()
+        meta.dispose()
+        drop_meta()
+
+
+def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, database_url, synthetic_dir, tmp_path):
+    from recpipe import pipeline
+    from recpipe.config import Settings
+
+    home, meta, hostnames, port = celery_cluster
+    started = time.monotonic()
+    pipeline.ingest_interval(
+        Settings(database_url=database_url, source_dir=synthetic_dir, home=tmp_path / "recpipe-home"), None, None)
+    wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
+             what="the api-server", on_tick=home.check_running)
+
+    def dag_parsed():
+        with meta.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT count(*) FROM serialized_dag WHERE dag_id = 'recpipe_nightly'")).scalar_one()
+
+    wait_for(dag_parsed, timeout=180, what="recpipe_nightly to be parsed", on_tick=home.check_running)
+    conf = {"as_of": AS_OF, "epochs": 1}
+    home.airflow("dags", "trigger", "recpipe_nightly", "--run-id", "celery_test", "--conf", json.dumps(conf))
+    run_started = time.monotonic()
+
+    def run_finished():
+        with meta.connect() as conn:
+            state = conn.execute(sa.text(
+                "SELECT state FROM dag_run WHERE dag_id = 'recpipe_nightly' AND run_id = 'celery_test'")).scalar()
+        return state if state in ("success", "failed") else None
+
+    state = wait_for(run_finished, timeout=RUN_TIMEOUT_S, interval=5, what="the recpipe_nightly run",
+                     on_tick=home.check_running)
+    run_s = time.monotonic() - run_started
+    with meta.connect() as conn:
+        tis = {r.task_id: r for r in conn.execute(sa.text(
+            "SELECT task_id, state, queue, hostname, start_date, end_date FROM task_instance"
+            " WHERE dag_id = 'recpipe_nightly' AND run_id = 'celery_test'"))}
+    print(f"\nCelery cluster up in {run_started - started:.0f}s; recpipe_nightly run {state} in {run_s:.0f}s")
+    for ti in sorted(tis.values(), key=lambda t: (t.start_date is None, t.start_date)):
+        took = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
+        print(f"  {ti.task_id:18} {ti.state:8} queue={ti.queue:8} host={ti.hostname} {took and round(took, 1)}s")
+    assert state == "success", "\n".join(
+        [home.log_tail("worker-default", 3000), home.log_tail("worker-gpu", 3000), home.log_tail("scheduler", 3000)]
+    )
+    for task_id in ("train_autoint", "train_gru4rec"):
+        assert tis[task_id].queue == "gpu" and tis[task_id].hostname == hostnames["gpu"], task_id
+    for task_id in ("rebuild_encodings", "rebuild_sessions", "evaluate", "gate", "publish", "notify"):
+        assert tis[task_id].queue == "default" and tis[task_id].hostname == hostnames["default"], task_id
+    assert all(ti.state == "success" for ti in tis.values())
+
+    # The same, as the Airflow CLI reports it.
+    states = json.loads(home.airflow(
+        "tasks", "states-for-dag-run", "recpipe_nightly", "celery_test", "-o", "json").stdout)
+    assert {s["task_id"]: s["state"] for s in states} == {t: "success" for t in tis}
+
+    with engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT model, status FROM model_runs ORDER BY run_id")).all()
+        published = conn.execute(sa.text("SELECT model FROM published_runs ORDER BY model")).scalars().all()
+    assert {r.model for r in runs} >= {"autoint", "gru4rec"}
+    assert published, "the nightly run published no list"
