@@ -207,3 +207,15 @@ def test_score_top_k_tie_break_by_movie_id():
     assert top[top.user_id == 7].movie_id.tolist() == [10, 30, 40]
     assert top[top.user_id == 8].movie_id.tolist() == [10, 20, 30]
     assert top.score.round(6).eq(round(1 / 6, 6)).all()
+
+
+def test_tied_embedding_model_learns_and_round_trips(tmp_path):
+    cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "tied": True, "embedding_dim": TINY.hidden})
+    bundle, _ = fit_gru4rec(planted_events(240), cfg, verbose=0)
+    seqs = session_sequences(planted_events(40, seed=2), bundle.index)
+    assert evaluate_sequences(bundle, seqs, k=1)["recall"] > 0.8
+    again = GRU4RecBundle.load(bundle.save(tmp_path / "tied"))
+    for x, y in zip(bundle.sequence_logits(seqs[:3]), again.sequence_logits(seqs[:3])):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError):
+        _build_networks(5, GRU4RecConfig(tied=True, hidden=8, embedding_dim=4))

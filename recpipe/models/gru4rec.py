@@ -55,11 +55,14 @@ class GRU4RecConfig:
     dropout: float = 0.1  # on the GRU output, before the item scores
     dropout_embed: float = 0.0  # on the input embedding
     learning_rate: float = 1e-3  # Adam
+    lr_schedule: str = "constant"  # or "cosine": decays to 1 % of learning_rate over all epochs
+    clipnorm: float = 0.0  # gradient norm clipping (0: none)
     batch_size: int = 128  # parallel session lanes per mini-batch
     bptt: int = 16  # steps per lane per mini-batch (truncated BPTT window)
     epochs: int = 10
     patience: int = 3  # epochs without validation improvement before stopping (0: never)
     monitor: str = "val_recall@20"  # or "val_loss"
+    tied: bool = False  # one item matrix for input embedding and output scores (needs embedding_dim == hidden)
     seed: int = 42
     loss: str = "cross-entropy"  # full softmax over all training items
     jit_compile: bool = False  # XLA on CPU was slower than TF's oneDNN kernels here
@@ -159,23 +162,51 @@ class ResettableGRUCell(layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+@keras.saving.register_keras_serializable(package="recpipe")
+class TiedItemScores(layers.Layer):
+    """One item matrix E [items, dim] and bias b: `layer(items)` looks up E rows;
+    `layer(h, score=True)` returns h @ E^T + b (constrained embedding)."""
+
+    def __init__(self, n_items: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n_items, self.dim = n_items, dim
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(shape=(self.n_items, self.dim), initializer="glorot_uniform",
+                                          name="embeddings")
+        self.bias = self.add_weight(shape=(self.n_items,), initializer="zeros", name="bias")
+
+    def call(self, inputs, score=False):
+        if score:
+            return ops.matmul(inputs, ops.transpose(self.embeddings)) + self.bias
+        return ops.take(self.embeddings, ops.cast(inputs, "int32"), axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "n_items": self.n_items, "dim": self.dim}
+
+
 def _build_networks(n_items: int, cfg: GRU4RecConfig):
     """(train_model, infer_model), sharing all weights.
 
     Both take [items (int32 [B, T]), reset (float32 [B, T])] and return logits
     [B, T, n_items]. The training model is stateful with a fixed batch of lanes."""
-    emb = layers.Embedding(n_items, cfg.embedding_dim, name="item_embedding")
+    if cfg.tied:
+        if cfg.embedding_dim != cfg.hidden:
+            raise ValueError("tied=True needs embedding_dim == hidden")
+        emb = out = TiedItemScores(n_items, cfg.hidden, name="item_scores")
+    else:
+        emb = layers.Embedding(n_items, cfg.embedding_dim, name="item_embedding")
+        out = layers.Dense(n_items, name="item_scores")
     drop_e = layers.Dropout(cfg.dropout_embed, seed=cfg.seed, name="dropout_embed")
     proj = layers.Dense(3 * cfg.hidden, name="gru_input")
     cell = ResettableGRUCell(cfg.hidden, name="gru_cell")
     drop_h = layers.Dropout(cfg.dropout, seed=cfg.seed + 1, name="dropout_hidden")
-    out = layers.Dense(n_items, name="item_scores")
 
     def body(items, reset, rnn):
         x = proj(drop_e(emb(items)))
         x = layers.Concatenate(axis=-1)([x, ops.expand_dims(reset, -1)])
         h = rnn(x)
-        return h, out(drop_h(h))
+        return h, (out(drop_h(h), score=True) if cfg.tied else out(drop_h(h)))
 
     items = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="int32", name="items")
     reset = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="float32", name="reset")
@@ -208,8 +239,9 @@ class GRU4RecBundle:
         return len(self.index)
 
     def _weights(self):
+        """Output layer as (W [hidden, items], b [items])."""
         w, b = self._out.get_weights()
-        return w, b
+        return (w.T, b) if isinstance(self._out, TiedItemScores) else (w, b)
 
     def _hidden(self, items: np.ndarray) -> np.ndarray:
         """GRU outputs [B, T, H] for padded item-index sequences (state starts at zero)."""
@@ -389,8 +421,14 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     seqs = session_sequences(train_events, index)
     n_steps = int(sum(len(s) - 1 for s in seqs if len(s) >= 2))
     train_model, infer_model = _build_networks(len(index), cfg)
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":  # updates per epoch ~ steps / (lanes * bptt)
+        total_updates = max(1, cfg.epochs * math.ceil(n_steps / (cfg.batch_size * cfg.bptt)))
+        lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_updates, alpha=0.01)
+    elif cfg.lr_schedule != "constant":
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}")
     train_model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        optimizer=keras.optimizers.Adam(lr, clipnorm=cfg.clipnorm or None),
         loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="mean_with_sample_weight"),  # mean over real steps
         jit_compile=cfg.jit_compile,
