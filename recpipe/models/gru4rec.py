@@ -429,8 +429,11 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}")
     train_model.compile(
         optimizer=keras.optimizers.Adam(lr, clipnorm=cfg.clipnorm or None),
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"),  # mean over real steps
+        # Sum over real steps / all positions of the window: every event weighs the same
+        # in every update; the nearly empty windows at the ragged end of the lanes then
+        # make small updates (a per-window mean there gave full Adam steps on a handful of
+        # events and visibly damaged the model at the end of some epochs).
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=cfg.jit_compile,
     )
     bundle = GRU4RecBundle(infer_model, index, cfg)
@@ -452,6 +455,8 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
             epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=verbose,
         )
         train_seconds += time.perf_counter() - t0
+        # Keras averages over padded positions too: report the mean over real steps
+        h.history["loss"] = [v * weights.size / max(weights.sum(), 1.0) for v in h.history["loss"]]
         logs = dict((k, v[-1]) for k, v in h.history.items())
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
