@@ -23,20 +23,22 @@ AS_OF = datetime(2003, 3, 1, tzinfo=timezone.utc)
 
 
 def one(kind: str, url: str, home: str) -> None:
-    from recpipe import pipeline
     from recpipe.config import Settings
-    from recpipe.sessions import SEED002_PARAMS, SessionParams
+    from recpipe.features import build_encodings
+    from recpipe.sessions import SEED002_PARAMS, SessionParams, build_sessions
 
     settings = Settings(database_url=url, home=Path(home))
+    engine = sa.create_engine(url)
     started = time.perf_counter()
     if kind == "encodings":
-        result = pipeline.rebuild_encodings(settings, AS_OF)
+        artifact = build_encodings(engine, settings, AS_OF)
+        result = {"artifact_id": artifact.artifact_id, "field_dims": artifact.details["field_dims"]}
     elif kind == "sessions":
-        result = pipeline.rebuild_sessions(settings, AS_OF, SessionParams(), "production")
+        result = build_sessions(engine, AS_OF, SessionParams(), "production")
     elif kind == "sessions-seed-bucket":
-        result = pipeline.rebuild_sessions(settings, AS_OF, SEED002_PARAMS, "evaluation")
+        result = build_sessions(engine, AS_OF, SEED002_PARAMS, "evaluation")
     else:
-        result = pipeline.rebuild_sessions(settings, AS_OF, SessionParams(), "evaluation")
+        result = build_sessions(engine, AS_OF, SessionParams(), "evaluation")
     print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib(), "result": result},
                      default=str))
 

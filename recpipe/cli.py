@@ -74,26 +74,208 @@ def cmd_ingest(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_build(args, settings: Settings) -> int:
-    from recpipe import pipeline
+def _engine(settings: Settings):
+    from recpipe import db
 
+    engine = db.make_engine(settings)
+    db.upgrade(engine)
+    return engine
+
+
+def cmd_build(args, settings: Settings) -> int:
     if args.what == "encodings":
-        result = pipeline.rebuild_encodings(settings, args.as_of)
+        from recpipe.features import build_encodings
+
+        artifact = build_encodings(_engine(settings), settings, args.as_of)
+        result = {"artifact_id": artifact.artifact_id, "path": str(artifact.path), "sha256": artifact.sha256,
+                  "field_dims": artifact.details["field_dims"], "rows": artifact.row_counts["ratings"]}
         _print(result, args.json, f"encodings artifact {result['artifact_id']} as of {args.as_of:%Y-%m-%d %H:%M}Z:"
                f" field_dims {result['field_dims']} from {result['rows']} ratings -> {result['path']}")
     else:
-        from recpipe.sessions import SessionParams
+        from recpipe.sessions import SessionParams, build_sessions
 
         params = SessionParams(
             mode=args.mode, session_gap=args.gap, bucket=args.bucket,
             test_days=args.test_days, val_days=args.val_days,
         )
-        result = pipeline.rebuild_sessions(settings, args.as_of, params=params, purpose=args.purpose)
+        result = build_sessions(_engine(settings), args.as_of, params, args.purpose)
         lines = [f"session build {result['build_id']} ({args.purpose}, {args.mode}) as of {args.as_of:%Y-%m-%d}:"]
         for split, st in result["stats"].items():
             lines.append(f"  {split:<10} events {st['events']:>9,}  sessions {st['sessions']:>7,}  items {st['items']:>6,}")
         _print(result, args.json, "\n".join(lines))
     return 0
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def default_as_of(settings: Settings) -> datetime:
+    """Midnight (UTC) after the newest stored rating: "tonight" for a replayed dataset."""
+    import sqlalchemy as sa
+
+    with _engine(settings).connect() as conn:
+        newest = conn.execute(sa.text("SELECT max(rated_at) FROM ratings")).scalar()
+    if newest is None:
+        raise SystemExit("no ratings stored: run `recpipe ingest` first")
+    newest = newest.astimezone(timezone.utc)
+    return datetime(newest.year, newest.month, newest.day, tzinfo=timezone.utc) + __import__("datetime").timedelta(days=1)
+
+
+def cmd_train(args, settings: Settings) -> int:
+    from recpipe import pipeline
+
+    result = pipeline.train_run(settings, args.model, args.as_of, encodings_id=args.encodings,
+                                sessions_build_id=args.sessions, overrides=args.overrides, epochs=args.epochs)
+    _print(result, args.json, f"{args.model} run {result['run_id']} as of {args.as_of:%Y-%m-%d}: {result['training']}")
+    return 0
+
+
+def _metrics_table(rows: list[tuple[str, dict]], keys: list[str]) -> str:
+    lines = [f"{'model':<12}" + "".join(f"{k:>16}" for k in keys)]
+    for name, metrics in rows:
+        cells = []
+        for k in keys:
+            v = metrics.get(k)
+            cells.append(f"{v:>16.4f}" if isinstance(v, float) else f"{str(v if v is not None else '-'):>16}")
+        lines.append(f"{name:<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args, settings: Settings) -> int:
+    models = ["autoint", "gru4rec", "popularity"] if args.model == "all" else [args.model]
+    if args.protocol == "production":
+        return _evaluate_production(args, settings, models)
+    from recpipe.db import read_movies, read_ratings, read_users
+
+    engine = _engine(settings)
+    ratings = read_ratings(engine).sort_values("line_no", kind="stable").reset_index(drop=True)
+    out_dir = settings.artifacts_dir / "eval" / f"{args.protocol}_{datetime.now():%Y%m%dT%H%M%S}"
+    results = {}
+    if args.protocol == "seed000":
+        from recpipe.evaluation.seed000 import run_seed000
+        from recpipe.models.autoint import DEFAULT_CONFIG, SEED000_CONFIG
+
+        if "autoint" not in models:
+            raise SystemExit("the seed000 protocol evaluates autoint")
+        config = SEED000_CONFIG if args.config == "seed" else DEFAULT_CONFIG
+        if args.epochs:
+            config = config.with_(epochs=args.epochs)
+        results["autoint"] = run_seed000(ratings, read_movies(engine), read_users(engine), config,
+                                         out_dir=out_dir, verbose=0)
+    else:
+        from recpipe.evaluation.seed002 import run_seed002
+        from recpipe.train import model_config
+
+        if "gru4rec" not in models:
+            raise SystemExit("the seed002 protocol evaluates gru4rec (popularity is reported beside it)")
+        from recpipe.models.gru4rec import SEED002_CONFIG
+
+        config = SEED002_CONFIG if args.config == "seed" else model_config("gru4rec")
+        if args.epochs:
+            config = model_config("gru4rec", {**config.to_dict(), "epochs": args.epochs})
+        results["gru4rec"] = run_seed002(ratings, config, out_dir=out_dir, verbose=0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
+    _print(results, args.json, json.dumps(results, indent=2, default=str) + f"\nstored in {out_dir}")
+    return 0
+
+
+def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
+    from recpipe import pipeline
+    from recpipe.config import PipelineParams
+    from recpipe.evaluation.production import DEFAULT_CUTOFF, DEFAULT_WINDOW
+
+    cutoff = args.cutoff or DEFAULT_CUTOFF
+    window = args.window or DEFAULT_WINDOW
+    params = PipelineParams(eval_window=window)
+    as_of = cutoff + window
+    encodings = pipeline.rebuild_encodings(settings, as_of, params)
+    sessions = pipeline.rebuild_sessions(settings, as_of, params=params)
+    run_ids = [
+        pipeline.train_run(settings, model, as_of, encodings_id=encodings["artifact_id"],
+                           sessions_build_id=sessions["build_id"], epochs=args.epochs, params=params)["run_id"]
+        for model in models if model != "popularity"
+    ]
+    evaluated = pipeline.evaluate(settings, as_of, run_ids, params)
+    names = {int(r): m for r, m in zip(evaluated["run_ids"], ["popularity", *[m for m in models if m != "popularity"]])}
+    rows = [(names[int(r)], m) for r, m in evaluated["metrics"].items()]
+    keys = ["users", "recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "auc", "log_loss"]
+    text = (f"production protocol: train before {cutoff:%Y-%m-%d}, test positives of"
+            f" [{cutoff:%Y-%m-%d}, {as_of:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
+    _print({"cutoff": cutoff, "until": as_of, **evaluated}, args.json, text)
+    return 0
+
+
+def cmd_publish(args, settings: Settings) -> int:
+    import sqlalchemy as sa
+
+    from recpipe import pipeline
+
+    with _engine(settings).connect() as conn:
+        runs = conn.execute(sa.text("SELECT run_id, model FROM model_runs WHERE as_of = :t"),
+                            {"t": args.as_of}).all()
+    wanted = [r.run_id for r in runs if not args.model or r.model in args.model or r.model == "popularity"]
+    if not wanted:
+        raise SystemExit(f"no runs as of {args.as_of:%Y-%m-%d %H:%M}Z: run `recpipe run` first")
+    result = pipeline.publish(settings, args.as_of, wanted, dry_run=args.dry_run)
+    lines = [f"{p['model']:<12} run {p['run_id']}: {p['rows']} rows for {p['users']} users in {p['seconds']}s"
+             f"{' (live)' if p['live'] else ' (stored; a newer night is live)'}" for p in result.get("published", [])]
+    _print(result, args.json, "\n".join(lines) or json.dumps(result))
+    return 0
+
+
+def cmd_runs(args, settings: Settings) -> int:
+    import sqlalchemy as sa
+
+    with _engine(settings).connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT run_id, model, as_of, status, metrics #> '{production}' AS m, created_at FROM model_runs"
+            " WHERE (CAST(:model AS text) IS NULL OR model = :model) ORDER BY as_of DESC, run_id DESC LIMIT :n"),
+            {"model": args.model, "n": args.limit}).mappings().all()
+    if args.json:
+        _print([dict(r) for r in rows], True)
+        return 0
+    print(f"{'run':>5} {'model':<11} {'as_of':<11} {'status':<10} {'users':>6} {'ndcg@10':>8} {'recall@10':>9}")
+    for r in rows:
+        m = r["m"] or {}
+        ndcg, recall = m.get("ndcg_at_10"), m.get("recall_at_10")
+        print(f"{r['run_id']:>5} {r['model']:<11} {r['as_of']:%Y-%m-%d} {r['status']:<10} {m.get('users', '-'):>6}"
+              f" {ndcg if ndcg is None else round(ndcg, 4)!s:>8} {recall if recall is None else round(recall, 4)!s:>9}")
+    return 0
+
+
+def cmd_run(args, settings: Settings) -> int:
+    from recpipe import pipeline
+
+    as_of = args.as_of or default_as_of(settings)
+    result = pipeline.run_nightly(settings, as_of, epochs=args.epochs, overrides=args.overrides,
+                                  gate_overrides=args.gate, dry_run=args.dry_run)
+    _print(result, args.json, summarize_nightly(result))
+    return 0
+
+
+def summarize_nightly(result: dict) -> str:
+    """A few lines an operator reads after a nightly run."""
+    lines = [f"nightly run as of {result['as_of']}:"]
+    for decision in result["gate"]["decisions"]:
+        metrics = result["evaluation"]["metrics"].get(str(decision["run_id"]), {})
+        verdict = "promoted" if decision["promoted"] else "REJECTED: " + "; ".join(
+            r["message"] for r in decision["reasons"])
+        lines.append(f"  {decision['model']:<11} run {decision['run_id']}: ndcg@10 {metrics.get('ndcg_at_10', float('nan')):.4f}"
+                     f" recall@10 {metrics.get('recall_at_10', float('nan')):.4f}"
+                     f" on {metrics.get('users', 0)} users -> {verdict}")
+    for p in result["publication"].get("published", []):
+        lines.append(f"  published {p['model']} run {p['run_id']}: {p['rows']} rows, {p['users']} users,"
+                     f" {p['seconds']}s")
+    lines.append("  timings (s): " + ", ".join(f"{k} {v}" for k, v in result["timings_s"].items()))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +310,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purpose", choices=["evaluation", "production"], default="evaluation")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("train", help="train one model for the night --as-of (in this process)")
+    p.add_argument("--model", choices=["autoint", "gru4rec", "popularity"], required=True)
+    p.add_argument("--as-of", type=parse_time, required=True)
+    p.add_argument("--encodings", type=int, help="encodings artifact id (default: newest as of the cutoff)")
+    p.add_argument("--sessions", type=int, help="session build id (default: the cutoff's production build)")
+    p.add_argument("--overrides", type=_json_arg, help="model config overrides, a JSON object")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="train what a protocol needs and print its metrics")
+    p.add_argument("--protocol", choices=["production", "seed000", "seed002"], default="production")
+    p.add_argument("--model", choices=["autoint", "gru4rec", "popularity", "all"], default="all")
+    p.add_argument("--cutoff", type=parse_time, help="production: the time cutoff T (default 2000-12-01)")
+    p.add_argument("--window", type=parse_duration, help="production: the test window after T (default 365d)")
+    p.add_argument("--config", choices=["default", "seed"], default="default",
+                   help="seed protocols: the seed's settings or recpipe's defaults")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("publish", help="publish the promoted runs of a night")
+    p.add_argument("--as-of", type=parse_time, required=True)
+    p.add_argument("--model", action="append", choices=["autoint", "gru4rec", "popularity"])
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("runs", help="the model runs registry")
+    p.add_argument("action", choices=["list"])
+    p.add_argument("--model")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("run", help="the whole nightly sequence in one process")
+    p.add_argument("--as-of", type=parse_time, help="default: midnight after the newest rating")
+    p.add_argument("--epochs", type=int, help="override both models' epochs (smoke runs)")
+    p.add_argument("--overrides", type=_json_arg, help='{"autoint": {...}, "gru4rec": {...}}')
+    p.add_argument("--gate", type=_json_arg, help="gate overrides, e.g. {\"tolerance\": 0.2}")
+    p.add_argument("--dry-run", action="store_true", help="train, evaluate and gate; publish nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

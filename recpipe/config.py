@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +43,34 @@ class Settings:
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """How a nightly run as of T trains, judges and publishes.
+
+    Models train on ratings before T - eval_window and are judged (production
+    protocol) on the positives of [T - eval_window, T); the lists they publish use
+    every rating before T as the users' history. What is gated is what is shipped.
+    """
+
+    eval_window: timedelta = timedelta(days=60)
+    popularity_window: timedelta = timedelta(days=90)
+    k: int = 10
+    retention: timedelta = timedelta(days=30)  # published runs older than this are removed
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "PipelineParams":
+        env = os.environ if env is None else env
+        days = env.get("RECPIPE_EVAL_WINDOW_DAYS")
+        keep = env.get("RECPIPE_RETENTION_DAYS")
+        return cls(
+            eval_window=timedelta(days=float(days)) if days else cls.eval_window,
+            retention=timedelta(days=float(keep)) if keep else cls.retention,
+        )
+
+    def training_cutoff(self, as_of: datetime) -> datetime:
+        return as_of - self.eval_window
 
 
 def airflow_database_url() -> str | None:

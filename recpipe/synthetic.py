@@ -23,7 +23,7 @@ class SyntheticSpec:
     users: int = 120
     movies: int = 90
     ratings_per_user: int = 40
-    days: int = 400
+    days: int = 300
     seed: int = 7
 
 
@@ -56,7 +56,7 @@ def write_movielens(dest: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
         chain = list(np.roll(own, -first))
         n_own = min(len(chain), int(spec.ratings_per_user * 0.6))
         picks = chain[:n_own] + list(rng.choice(other, spec.ratings_per_user - n_own, replace=False))
-        t = start_s + int(rng.integers(0, span_s // 2))
+        t = start_s + int(rng.integers(0, span_s * 2 // 3))
         own_iter, other_iter = iter(picks[:n_own]), iter(picks[n_own:])
         for i in range(spec.ratings_per_user):
             take_own = (i % 5) != 4
@@ -67,7 +67,7 @@ def write_movielens(dest: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
             rating = int(rng.choice([4, 5])) if is_own else int(rng.choice([1, 2, 3]))
             lines.append((t, f"{u + 1}::{movie + 1}::{rating}::{t}\n"))
             # Minutes apart within a session; a session of five, then days of pause.
-            t += int(rng.integers(60, 600)) if i % 5 != 4 else int(rng.integers(2, 6)) * 86_400
+            t += int(rng.integers(60, 600)) if i % 5 != 4 else int(rng.integers(3, 30)) * 86_400
     # MovieLens orders the file by user; keep that.
     with open(dest / "ratings.dat", "w", encoding="latin-1", newline="\n") as fh:
         fh.writelines(line for _, line in lines)

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recpipe import artifacts, pipeline
+from recpipe import artifacts
 from recpipe.artifacts import ArtifactIntegrityError
-from recpipe.features import FIELDS, UNKNOWN, FieldEncoders, derive_fields, load_encodings
+from recpipe.features import FIELDS, UNKNOWN, FieldEncoders, build_encodings, derive_fields, load_encodings
 from recpipe.ingest import ingest
 from recpipe.sessions import (
-    SEED002_PARAMS, SessionParams, filter_sessions, load_session_sets, make_session_sets, sessionize,
+    SEED002_PARAMS, SessionParams, build_sessions, filter_sessions, load_session_sets, make_session_sets,
+    sessionize,
     split_by_last_event,
 )
 from recpipe.source import load_ml1m_frames
@@ -102,9 +103,9 @@ def test_rebuilds_as_of_use_no_later_rating(engine, settings):
         later_users = conn.exec_driver_sql(
             "SELECT count(DISTINCT user_id) FROM ratings WHERE user_id NOT IN"
             " (SELECT user_id FROM ratings WHERE rated_at < %s)", (cut,)).scalar_one()
-    enc = pipeline.rebuild_encodings(settings, cut)
-    assert enc["rows"] == before
-    encoders = load_encodings(engine, settings, enc["artifact_id"])
+    enc = build_encodings(engine, settings, cut)
+    assert enc.row_counts["ratings"] == before
+    encoders = load_encodings(engine, settings, enc.artifact_id)
     users_known = len(encoders.vocabularies["user_id"])
     with engine.connect() as conn:
         assert users_known == conn.exec_driver_sql(
@@ -112,7 +113,7 @@ def test_rebuilds_as_of_use_no_later_rating(engine, settings):
     assert later_users > 0  # users first seen after the cut exist, and are not in the vocabulary
     assert max(encoders.vocabularies["rating_month"], key=int) == "7"
 
-    built = pipeline.rebuild_sessions(settings, cut, SessionParams(min_item_support=2), "production")
+    built = build_sessions(engine, cut, SessionParams(min_item_support=2), "production")
     sets = load_session_sets(engine, built["build_id"])
     assert pd.to_datetime(sets["train"]["ts"].max(), unit="s", utc=True) < cut
     assert pd.to_datetime(sets["latest"]["ts"].max(), unit="s", utc=True) < cut
@@ -123,10 +124,10 @@ def test_session_rebuild_is_idempotent(engine, settings):
     ingest(engine, settings.source_dir)
     as_of = datetime(2000, 12, 31, tzinfo=UTC)
     params = SessionParams(min_item_support=2, test_days=30, val_days=30)
-    first = pipeline.rebuild_sessions(settings, as_of, params, "evaluation")
+    first = build_sessions(engine, as_of, params, "evaluation")
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT count(*), sum(movie_id) FROM sessions").one()
-    second = pipeline.rebuild_sessions(settings, as_of, params, "evaluation")
+    second = build_sessions(engine, as_of, params, "evaluation")
     assert second["build_id"] == first["build_id"] and second["stats"] == first["stats"]
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*), sum(movie_id) FROM sessions").one() == rows
@@ -136,12 +137,12 @@ def test_session_rebuild_is_idempotent(engine, settings):
 
 def test_tampered_encoder_artifact_is_refused(engine, settings):
     ingest(engine, settings.source_dir)
-    built = pipeline.rebuild_encodings(settings, datetime(2001, 1, 1, tzinfo=UTC))
-    path = artifacts.get(engine, settings, built["artifact_id"]).path
+    built = build_encodings(engine, settings, datetime(2001, 1, 1, tzinfo=UTC))
+    path = artifacts.get(engine, settings, built.artifact_id).path
     with open(path, "ab") as fh:
         fh.write(b"\x00")
     with pytest.raises(ArtifactIntegrityError, match="refusing"):
-        load_encodings(engine, settings, built["artifact_id"])
+        load_encodings(engine, settings, built.artifact_id)
 
 
 def test_cli_build_sessions_json(engine, settings):

@@ -12,12 +12,14 @@ CREATE TABLE model_runs (
                     CHECK (status IN ('candidate', 'promoted', 'rejected')),
     gate_reasons    jsonb       NOT NULL DEFAULT '[]',
     created_at      timestamptz NOT NULL DEFAULT now(),
-    decided_at      timestamptz
+    decided_at      timestamptz,
+    UNIQUE (model, as_of)   -- re-running a night replaces its run instead of adding one
 );
-CREATE INDEX model_runs_model_as_of ON model_runs (model, as_of DESC, run_id DESC);
 
+-- No foreign key on run_id: rows are written only by publish, in the transaction that
+-- checks the run, and per-row FK triggers would dominate the cost of publishing.
 CREATE TABLE recommendations (
-    run_id    bigint   NOT NULL REFERENCES model_runs ON DELETE CASCADE,
+    run_id    bigint   NOT NULL,
     user_id   integer  NOT NULL,
     rank      smallint NOT NULL CHECK (rank >= 1),
     movie_id  integer  NOT NULL,
@@ -79,6 +81,18 @@ CREATE VIEW recommendations_default AS
     JOIN model_runs r ON r.run_id = c.run_id
     JOIN movies m ON m.movie_id = rec.movie_id;
 
+-- Every stored run's lists (live or not, until retention removes them).
+CREATE VIEW recommendations_all AS
+    SELECT r.model, rec.run_id, r.as_of, r.status, rec.user_id, rec.rank, rec.movie_id, rec.score, rec.fallback
+    FROM recommendations rec JOIN model_runs r ON r.run_id = rec.run_id;
+
+-- The catalogue with how often each movie was rated: for coverage and popularity bias.
+CREATE VIEW catalogue AS
+    SELECT m.movie_id, m.title, m.year, m.genres,
+           count(r.user_id) AS ratings, count(r.user_id) FILTER (WHERE r.rating >= 4) AS positives
+    FROM movies m LEFT JOIN ratings r ON r.movie_id = m.movie_id
+    GROUP BY m.movie_id;
+
 CREATE VIEW model_metrics_history AS
     SELECT run_id, model, as_of, status, metrics, gate_reasons, created_at, decided_at
     FROM model_runs;
@@ -91,4 +105,5 @@ BEGIN
     END IF;
 END
 $$;
-GRANT SELECT ON recommendations_current, recommendations_default, model_metrics_history TO recpipe_reader;
+GRANT SELECT ON recommendations_current, recommendations_default, recommendations_all, catalogue,
+    model_metrics_history TO recpipe_reader;
