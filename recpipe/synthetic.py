@@ -2,8 +2,8 @@
 
 Used by the tests (and by anyone without ML-1M). Planted structure:
 - each user prefers one genre: ratings of that genre are high (label 1), others low;
-- users watch movies of their genre in a fixed chain order, so the next item is
-  predictable from the previous one (GRU4Rec's signal);
+- users alternate between movies of their genre, taken in a fixed chain order
+  (GRU4Rec's signal), and movies of other genres;
 - sessions: a user rates a few movies minutes apart, then pauses for days.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ START = datetime(2000, 4, 25, tzinfo=timezone.utc)
 class SyntheticSpec:
     users: int = 120
     movies: int = 90
-    ratings_per_user: int = 40
+    ratings_per_user: int = 30
     days: int = 300
     seed: int = 7
 
@@ -54,12 +54,12 @@ def write_movielens(dest: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
         # Chain order through the user's genre, from a random starting point.
         first = rng.integers(len(own))
         chain = list(np.roll(own, -first))
-        n_own = min(len(chain), int(spec.ratings_per_user * 0.6))
+        n_own = min(len(chain), spec.ratings_per_user // 2)
         picks = chain[:n_own] + list(rng.choice(other, spec.ratings_per_user - n_own, replace=False))
         t = start_s + int(rng.integers(0, span_s * 2 // 3))
         own_iter, other_iter = iter(picks[:n_own]), iter(picks[n_own:])
         for i in range(spec.ratings_per_user):
-            take_own = (i % 5) != 4
+            take_own = i % 2 == 0  # own and other genres alternate all along
             movie = next(own_iter, None) if take_own else next(other_iter, None)
             if movie is None:
                 movie = next(other_iter, None) if take_own else next(own_iter, None)

