@@ -57,9 +57,11 @@ class Decision:
     model: str
     promoted: bool
     reasons: list[dict]
+    alert_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"run_id": self.run_id, "model": self.model, "promoted": self.promoted, "reasons": self.reasons}
+        return {"run_id": self.run_id, "model": self.model, "promoted": self.promoted, "reasons": self.reasons,
+                "alert_ids": self.alert_ids}
 
 
 def _last_promoted(conn, model: str, as_of) -> dict | None:
@@ -140,12 +142,12 @@ def gate_runs(engine: Engine, run_ids: list[int], rules: GateRules, context: str
             kind = METRIC_REGRESSION if failure["rule"] == "regression" else GATE_REJECTED
             value = failure.get("value")
             threshold = failure.get("threshold")
-            record_alert(
+            decision.alert_ids.append(record_alert(
                 engine, kind=kind, model=run["model"], metric=failure.get("metric"),
                 value=float(value) if isinstance(value, (int, float)) else None,
                 threshold=float(threshold) if isinstance(threshold, (int, float)) else None,
                 run_id=run_id, context=context,
                 message=f"{run['model']} run {run_id} (as of {run['as_of']:%Y-%m-%d}) rejected: {failure['message']}",
-            )
+            ))
         log.info("gate: %s run %s %s", run["model"], run_id, "promoted" if decision.promoted else "rejected")
     return decisions

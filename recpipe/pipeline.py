@@ -127,23 +127,31 @@ def evaluate(settings: Settings, as_of: datetime, run_ids: list[int], params: Pi
             "metrics": {str(k): v for k, v in results.items()}}
 
 
+def _with_baseline(engine, as_of: datetime, run_ids: list[int]) -> list[int]:
+    """run_ids plus the night's popularity run (the safety net is always gated and published)."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        baseline = conn.execute(sa.text("SELECT run_id FROM model_runs WHERE model = 'popularity' AND as_of = :t"),
+                                {"t": as_of}).scalar()
+    ids = [int(r) for r in run_ids]
+    return ids if baseline is None or baseline in ids else [baseline, *ids]
+
+
 def gate(settings: Settings, as_of: datetime, run_ids: list[int], gate_overrides: dict | None = None,
          context: str | None = None) -> dict:
     from recpipe.gate import GateRules, gate_runs
 
     engine = _engine(settings)
+    run_ids = _with_baseline(engine, as_of, run_ids)
     decisions = gate_runs(engine, run_ids, GateRules.load(gate_overrides), context=context)
-    with engine.connect() as conn:
-        import sqlalchemy as sa
-
-        alert_ids = [a for (a,) in conn.execute(
-            sa.text("SELECT alert_id FROM alerts WHERE run_id = ANY(:r) AND kind <> 'task_failed'"
-                    " ORDER BY alert_id"), {"r": list(run_ids)})]
+    alert_ids = [a for d in decisions for a in d.alert_ids]
     return {
         "promoted": [d.run_id for d in decisions if d.promoted],
         "rejected": [d.run_id for d in decisions if not d.promoted],
         "decisions": [d.to_dict() for d in decisions],
         "alert_ids": alert_ids,
+        "run_ids": run_ids,
     }
 
 
@@ -156,7 +164,7 @@ def publish(settings: Settings, as_of: datetime, run_ids: list[int], dry_run: bo
 
     params = params or PipelineParams.from_env()
     engine = _engine(settings)
-    runs = [get_run(engine, r) for r in run_ids]
+    runs = [get_run(engine, r) for r in _with_baseline(engine, as_of, run_ids)]
     promoted = [r for r in runs if r["status"] == "promoted"]
     baseline = next((r for r in runs if r["model"] == "popularity"), None)
     if baseline is None:
