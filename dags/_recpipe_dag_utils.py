@@ -67,3 +67,11 @@ def run_as_of(context) -> datetime:
     if run_after is not None:
         return run_after
     return datetime.now(timezone.utc)
+
+
+def airflow_context(context) -> str:
+    """"dag_id=... run_id=... task_id=..." for alert rows (which Airflow run raised them)."""
+    ti = context.get("ti")
+    return " ".join(
+        f"{key}={getattr(ti, key, None)}" for key in ("dag_id", "run_id", "task_id")
+    )

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from _recpipe_dag_utils import DEFAULT_INGEST_START, default_args, env_datetime, gpu_queue, run_as_of, settings
+from _recpipe_dag_utils import (
+    DEFAULT_INGEST_START, airflow_context, default_args, env_datetime, gpu_queue, run_as_of, settings,
+)
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 TRAINED_MODELS = ("autoint", "gru4rec")
@@ -36,7 +38,8 @@ TRAINED_MODELS = ("autoint", "gru4rec")
         "autoint_overrides": Param({}, type="object", description="AutoInt+ config overrides, e.g. {\"batch_size\": 2048}."),
         "gru4rec_overrides": Param({}, type="object", description="GRU4Rec config overrides, e.g. {\"hidden\": 100}."),
         "gate_overrides": Param({}, type="object",
-                                description="Gate floors / tolerance overrides, e.g. {\"floors\": {\"ndcg_at_10\": 0.05}}."),
+                                description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
+                                            " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "dry_run": Param(False, type="boolean", description="Train and evaluate, publish nothing."),
         "as_of": Param(None, type=["null", "string"], format="date-time",
                        description="Override the run's \"as of\" instant (ISO 8601; default: the data interval end)."),
@@ -60,14 +63,13 @@ def recpipe_nightly():
 
         context = get_current_context()
         params = context["params"]
-        overrides = dict(params.get(f"{model}_overrides") or {})
-        if params.get("epochs") is not None:
-            overrides.setdefault("epochs", int(params["epochs"]))
+        epochs = params.get("epochs")
         return pipeline.train_subprocess(
             settings(), model, run_as_of(context),
             encodings_id=encodings.get("artifact_id"),
             sessions_build_id=sessions.get("build_id"),
-            overrides=overrides or None,
+            overrides=dict(params.get(f"{model}_overrides") or {}) or None,
+            epochs=int(epochs) if epochs is not None else None,
         )
 
     @task(queue=gpu_queue(), execution_timeout=timedelta(hours=6))
@@ -80,11 +82,11 @@ def recpipe_nightly():
 
     @task
     def evaluate(autoint: dict, gru4rec: dict) -> dict:
+        """Fits tonight's popularity baseline and scores every run; its run_ids include popularity's."""
         from recpipe import pipeline
 
-        run_ids = [autoint["run_id"], gru4rec["run_id"]]
-        result = pipeline.evaluate(settings(), run_as_of(get_current_context()), run_ids)
-        return {**result, "run_ids": run_ids}
+        result = pipeline.evaluate(settings(), run_as_of(get_current_context()), [autoint["run_id"], gru4rec["run_id"]])
+        return {"run_ids": result["run_ids"], "popularity_run_id": result.get("popularity_run_id")}
 
     @task
     def gate(evaluation: dict) -> dict:
@@ -92,8 +94,9 @@ def recpipe_nightly():
 
         context = get_current_context()
         overrides = context["params"].get("gate_overrides") or None
-        result = pipeline.gate(settings(), run_as_of(context), evaluation["run_ids"], overrides)
-        return {**result, "run_ids": evaluation["run_ids"]}
+        result = pipeline.gate(settings(), run_as_of(context), evaluation["run_ids"], overrides,
+                               context=airflow_context(context))
+        return {key: result[key] for key in ("promoted", "rejected", "alert_ids")} | {"run_ids": evaluation["run_ids"]}
 
     @task
     def publish(decision: dict) -> dict:

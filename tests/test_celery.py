@@ -158,7 +158,11 @@ def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, data
     started = time.monotonic()
     pipeline.ingest_interval(
         Settings(database_url=database_url, source_dir=synthetic_dir, home=tmp_path / "recpipe-home"), None, None)
-    conf = {"as_of": AS_OF, "epochs": 1}
+    # Routing is under test, not model quality: one epoch, the gate opened wide.
+    lenient = {"must_beat_popularity": False, "min_test_users": 1, "floors": {
+        "autoint": {"auc": 0.0, "ndcg_at_10": 0.0, "recall_at_10": 0.0},
+        "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
+    conf = {"as_of": AS_OF, "epochs": 1, "gate_overrides": lenient}
     home.airflow("dags", "trigger", "recpipe_nightly", "--run-id", "celery_test", "--conf", json.dumps(conf))
     run_started = time.monotonic()
 
@@ -197,4 +201,4 @@ def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, data
         runs = conn.execute(sa.text("SELECT model, status FROM model_runs ORDER BY run_id")).all()
         published = conn.execute(sa.text("SELECT model FROM published_runs ORDER BY model")).scalars().all()
     assert {r.model for r in runs} >= {"autoint", "gru4rec"}
-    assert published, "the nightly run published no list"
+    assert {"autoint", "gru4rec", "popularity"} <= set(published)

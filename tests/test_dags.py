@@ -382,3 +382,81 @@ def test_ingest_task_failure_records_an_alert(airflow_home, engine, settings, tm
         rows = conn.execute(sa.text("SELECT kind, context, message FROM alerts")).all()
     assert len(rows) == 1 and rows[0].kind == "task_failed"
     assert "dag_id=recpipe_ingest" in rows[0].context and "task_id=ingest" in rows[0].context
+
+
+def _pipeline_has(*names: str) -> bool:
+    from recpipe import pipeline
+
+    return all(hasattr(pipeline, n) for n in names)
+
+
+needs_pipeline = pytest.mark.skipif(
+    not _pipeline_has("train_subprocess", "evaluate", "gate", "publish", "notify"),
+    reason="recpipe.pipeline does not have the training/evaluation/gate/publish stages yet",
+)
+NIGHTLY_DATE = "2000-12-01"  # data interval (2000-11-29 02:00, 2000-11-30 02:00]: as_of = its end
+
+
+def _nightly(airflow_home, settings, conf: dict):
+    proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf", json.dumps(conf),
+                                env=_recpipe_env(settings), check=False)
+    return proc
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings):
+    from recpipe import pipeline
+
+    pipeline.ingest_interval(settings, None, None)
+    # This tests the Airflow layer, not model quality: one epoch on 120 synthetic users, and
+    # the gate opened wide through the trigger params (which is part of what is tested).
+    lenient = {"must_beat_popularity": False, "min_test_users": 1, "floors": {
+        "autoint": {"auc": 0.0, "ndcg_at_10": 0.0, "recall_at_10": 0.0},
+        "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
+    proc = _nightly(airflow_home, settings, {"epochs": 1, "gate_overrides": lenient})
+    print(f"airflow dags test recpipe_nightly: {proc.elapsed:.1f}s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+    with engine.connect() as conn:
+        runs = conn.execute(sa.text("SELECT model, status, as_of FROM model_runs ORDER BY run_id")).all()
+        published = dict(conn.execute(sa.text("SELECT model, run_id FROM published_runs")).all())
+        lists = conn.execute(sa.text("SELECT count(DISTINCT user_id) FROM recommendations_current")).scalar_one()
+    trained = {r.model: r for r in runs if r.model in ("autoint", "gru4rec")}
+    assert set(trained) == {"autoint", "gru4rec"}
+    assert all(r.status == "promoted" for r in trained.values()), runs
+    assert trained["autoint"].as_of.isoformat().startswith("2000-11-30T02:00:00")
+    assert {"autoint", "gru4rec"} <= set(published)
+    assert lists > 0
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_nightly_forced_regression_alerts_and_publishes_nothing(airflow_home, engine, settings):
+    from recpipe import pipeline
+
+    pipeline.ingest_interval(settings, None, None)
+    impossible = {"floors": {"autoint": {"ndcg_at_10": 2.0}, "gru4rec": {"ndcg_at_10": 2.0}}}
+    proc = _nightly(airflow_home, settings, {"epochs": 1, "gate_overrides": impossible})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+    with engine.connect() as conn:
+        alerts = conn.execute(sa.text("SELECT kind, model, metric, value, threshold, context FROM alerts")).all()
+        runs = dict(conn.execute(sa.text(
+            "SELECT model, status FROM model_runs WHERE model IN ('autoint', 'gru4rec')")).all())
+        published = conn.execute(sa.text("SELECT model FROM published_runs")).scalars().all()
+    assert runs == {"autoint": "rejected", "gru4rec": "rejected"}
+    assert {a.model for a in alerts} >= {"autoint", "gru4rec"}
+    assert all(a.threshold is not None and a.value is not None and a.metric for a in alerts)
+    assert not (set(published) & {"autoint", "gru4rec"})
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_nightly_dry_run_publishes_nothing(airflow_home, engine, settings):
+    from recpipe import pipeline
+
+    pipeline.ingest_interval(settings, None, None)
+    proc = _nightly(airflow_home, settings, {"epochs": 1, "dry_run": True})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM model_runs")).scalar_one() >= 2
+        assert conn.execute(sa.text("SELECT count(*) FROM published_runs")).scalar_one() == 0
