@@ -183,6 +183,7 @@ def cmd_evaluate(args, settings: Settings) -> int:
         results["gru4rec"] = run_seed002(ratings, config, out_dir=out_dir, verbose=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
+    _write_out(args.out, {"protocol": args.protocol, "config": args.config, **results})
     _print(results, args.json, json.dumps(results, indent=2, default=str) + f"\nstored in {out_dir}")
     return 0
 
@@ -209,8 +210,18 @@ def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
     keys = ["users", "recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "auc", "log_loss"]
     text = (f"production protocol: train before {cutoff:%Y-%m-%d}, test positives of"
             f" [{cutoff:%Y-%m-%d}, {as_of:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
-    _print({"cutoff": cutoff, "until": as_of, **evaluated}, args.json, text)
+    payload = {"protocol": "production", "cutoff": cutoff, "until": as_of, "names": names, **evaluated}
+    _write_out(args.out, payload)
+    _print(payload, args.json, text)
     return 0
+
+
+def _write_out(path, payload) -> None:
+    if path is not None:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def cmd_publish(args, settings: Settings) -> int:
@@ -329,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=["default", "seed"], default="default",
                    help="seed protocols: the seed's settings or recpipe's defaults")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--out", help="also write the figures to this JSON file (e.g. eval/production.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
