@@ -96,7 +96,8 @@ def recpipe_nightly():
         overrides = context["params"].get("gate_overrides") or None
         result = pipeline.gate(settings(), run_as_of(context), evaluation["run_ids"], overrides,
                                context=airflow_context(context))
-        return {key: result[key] for key in ("promoted", "rejected", "alert_ids")} | {"run_ids": evaluation["run_ids"]}
+        return {key: result[key] for key in ("promoted", "rejected", "alert_ids")} | {
+            "run_ids": result.get("run_ids") or evaluation["run_ids"]}
 
     @task
     def publish(decision: dict) -> dict:

@@ -325,53 +325,63 @@ def _ratings(engine) -> list[tuple]:
 
 
 @pytest.fixture
-def three_day_source(synthetic_dir, tmp_path) -> Path:
-    """The synthetic users/movies with only the ratings of 2000-05-10 .. 2000-05-12 (UTC),
-    plus one rating exactly at 2000-05-11T00:00:00 (an interval boundary)."""
-    from datetime import datetime, timezone
+def three_day_source(synthetic_dir, tmp_path) -> tuple[Path, "date"]:
+    """The synthetic users/movies with only the ratings of the busiest three consecutive UTC
+    days, plus one rating exactly at midnight between the first and second (an interval
+    boundary). Returns (folder, first day)."""
+    from collections import Counter
+    from datetime import datetime, timedelta, timezone
 
-    lo = int(datetime(2000, 5, 10, tzinfo=timezone.utc).timestamp())
-    boundary = lo + 86_400
-    hi = lo + 3 * 86_400
+    lines = (synthetic_dir / "ratings.dat").read_text(encoding="latin-1").splitlines(keepends=True)
+    day = lambda ts: datetime.fromtimestamp(int(ts), timezone.utc).date()  # noqa: E731
+    per_day = Counter(day(line.strip().split("::")[3]) for line in lines)
+    first = max(per_day, key=lambda d: sum(per_day[d + timedelta(days=i)] for i in range(3)))
+    lo = int(datetime(first.year, first.month, first.day, tzinfo=timezone.utc).timestamp())
+    boundary, hi = lo + 86_400, lo + 3 * 86_400
     dest = tmp_path / "ml-3days"
     dest.mkdir()
     for name in ("users.dat", "movies.dat"):
         (dest / name).write_bytes((synthetic_dir / name).read_bytes())
     kept, pairs = [], set()
-    for line in (synthetic_dir / "ratings.dat").read_text(encoding="latin-1").splitlines(keepends=True):
+    for line in lines:
         user, movie, _, ts = line.strip().split("::")
         pairs.add((user, movie))
         if lo <= int(ts) < hi:
             kept.append(line)
-    assert len(kept) > 20, "the synthetic data should have ratings in those three days"
-    movie = next(str(m) for m in range(1, 91) if ("1", str(m)) not in pairs)
+    assert len(kept) >= 10, "the synthetic data should have ratings in three consecutive days"
+    movie = next(m for m in range(1, 10_000) if ("1", str(m)) not in pairs)
     kept.insert(len(kept) // 2, f"1::{movie}::4::{boundary}\n")
     (dest / "ratings.dat").write_text("".join(kept), encoding="latin-1")
-    return dest
+    return dest, first
 
 
 def test_ingest_dag_intervals_and_rerun_equal_one_full_ingest(airflow_home, engine, settings, three_day_source):
+    from datetime import timedelta
+
     from recpipe import pipeline
 
-    settings = settings.with_(source_dir=three_day_source)
+    source_dir, first = three_day_source
+    settings = settings.with_(source_dir=source_dir)
     env = _recpipe_env(settings)
     # `dags test <date>` runs the data interval that ends at <date>: [date - 1 day, date).
+    ends = [(first + timedelta(days=i)).isoformat() for i in (1, 2, 3, 2)]
     timings = {}
-    for logical_date in ("2000-05-11", "2000-05-12", "2000-05-13", "2000-05-12"):
+    for logical_date in ends:
         proc = airflow_home.airflow("dags", "test", "recpipe_ingest", logical_date, env=env)
         timings.setdefault(logical_date, []).append(round(proc.elapsed, 1))
     print("airflow dags test recpipe_ingest timings (s):", timings)
     with engine.connect() as conn:
         batches = conn.execute(sa.text(
             "SELECT interval_start, interval_end FROM ingest_batches ORDER BY batch_id")).all()
-    assert [(b[0].day, b[1].day) for b in batches] == [(10, 11), (11, 12), (12, 13), (11, 12)]
+    assert [(b[0].date().isoformat(), b[1].date().isoformat()) for b in batches] == [
+        ((first + timedelta(days=i - 1)).isoformat(), (first + timedelta(days=i)).isoformat()) for i in (1, 2, 3, 2)]
     by_dag = _ratings(engine)
 
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE ratings, rejected_rows, ingest_batches, users, movies RESTART IDENTITY CASCADE")
     pipeline.ingest_interval(settings, None, None)
     assert by_dag == _ratings(engine)
-    assert len(by_dag) == sum(1 for _ in open(three_day_source / "ratings.dat"))
+    assert len(by_dag) == sum(1 for _ in open(source_dir / "ratings.dat"))
 
 
 def test_ingest_task_failure_records_an_alert(airflow_home, engine, settings, tmp_path):
