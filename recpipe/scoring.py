@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -89,16 +89,12 @@ def _autoint_lists(engine, settings, run, history: History, user_ids, k) -> pd.D
 
 def latest_histories(history: History, session_params: dict, user_ids) -> dict[int, list[int]]:
     """Each user's most recent session before as_of, as the model saw sessions in training."""
-    from recpipe.sessions import latest_sessions, sessionize
+    from recpipe.sessions import SessionParams, latest_sessions, sessionize
 
+    params = SessionParams.from_dict(session_params)
     ratings = history.ratings[history.ratings["user_id"].isin(user_ids)]
-    sessions = sessionize(
-        ratings,
-        session_params.get("mode", "gap"),
-        session_gap=timedelta(seconds=float(str(session_params.get("session_gap", "1800s")).rstrip("s"))),
-        bucket=timedelta(seconds=float(str(session_params.get("bucket", "7200s")).rstrip("s"))),
-    )
-    latest = latest_sessions(sessions, int(session_params.get("min_rating", 3)))
+    sessions = sessionize(ratings, params.mode, params.session_gap, params.bucket)
+    latest = latest_sessions(sessions, params.min_rating)
     return {int(u): m.tolist() for u, m in latest.groupby("user_id", sort=True)["movie_id"]}
 
 

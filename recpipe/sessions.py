@@ -37,6 +37,15 @@ class SessionParams:
         out["bucket"] = f"{int(self.bucket.total_seconds())}s"
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SessionParams":
+        """Inverse of to_dict (durations as "<seconds>s")."""
+        values = dict(data)
+        for name in ("session_gap", "bucket"):
+            if isinstance(values.get(name), str):
+                values[name] = timedelta(seconds=float(values[name].removesuffix("s")))
+        return cls(**values)
+
 
 SEED002_PARAMS = SessionParams(mode=BUCKET, bucket=timedelta(hours=2))
 
