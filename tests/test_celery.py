@@ -52,11 +52,24 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _preflight() -> None:
+    """Fail early, with the fix, on the two environment problems met with this Airflow."""
+    try:  # apache-airflow-providers-celery 3.26 imports `retry`, which celery 5.7 removed
+        import airflow.providers.celery.executors.celery_executor_utils  # noqa: F401
+    except ImportError as exc:
+        pytest.fail(f"the Celery executor does not import ({exc}): pin celery==5.6.3")
+    try:  # Airflow opens an async engine on a PostgreSQL metadata DB in every process
+        import asyncpg  # noqa: F401
+    except ImportError:
+        pytest.fail("asyncpg is missing: Airflow needs it for a PostgreSQL metadata database")
+
+
 @pytest.fixture(scope="module")
 def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("celery")
     if not _redis_ok(REDIS_URL):
         pytest.skip(f"no Redis at {REDIS_URL}")
+    _preflight()
     server = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     meta_url, drop_meta = scratch_postgres_database(server, prefix="airflow_celery")
     meta_sa = meta_url.replace("postgresql://", "postgresql+psycopg2://", 1)
