@@ -12,6 +12,12 @@ FROM apache/airflow:3.3.2-python3.11
 # requirements.txt's tensorflow-cpu pin is replaced, never installed next to it.
 ARG TENSORFLOW_PACKAGE="tensorflow-cpu==2.21.0"
 
+# The source tree and RECPIPE_HOME belong to the airflow user (and group 0, as the
+# image's convention for arbitrary AIRFLOW_UID values).
+USER root
+RUN mkdir -p /opt/recpipe-src /opt/recpipe/home \
+ && chown -R airflow:0 /opt/recpipe-src /opt/recpipe \
+ && chmod -R g+rwX /opt/recpipe-src /opt/recpipe
 USER airflow
 WORKDIR /opt/recpipe-src
 
@@ -27,6 +33,6 @@ COPY --chown=airflow:0 . /opt/recpipe-src
 RUN pip install --no-cache-dir --no-deps -e /opt/recpipe-src \
  && python -c "import recpipe.config, recpipe.alerts"
 
-ENV RECPIPE_HOME=/opt/recpipe \
+ENV RECPIPE_HOME=/opt/recpipe/home \
     RECPIPE_GPU_QUEUE=gpu
 WORKDIR /opt/airflow
