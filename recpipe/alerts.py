@@ -69,7 +69,15 @@ SLACK_CONN_ENV, SLACK_CONN_DEFAULT = "RECPIPE_SLACK_CONN_ID", "slack_webhook_def
 
 
 def _airflow_connection(conn_id: str):
-    """The Airflow connection `conn_id`, or None when Airflow or the connection is missing."""
+    """The Airflow connection `conn_id`, or None when Airflow or the connection is missing.
+
+    Only looked up inside an Airflow process: elsewhere (`recpipe run`) importing Airflow
+    costs seconds and reads ~/airflow; there the alert row and log line are the channel.
+    """
+    import sys
+
+    if "airflow" not in sys.modules:
+        return None
     try:
         from airflow.sdk import BaseHook
     except ImportError:  # pragma: no cover - outside Airflow

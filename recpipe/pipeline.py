@@ -183,7 +183,7 @@ def notify(settings: Settings, alert_ids: list[int]) -> dict:
     from recpipe import alerts
 
     engine = _engine(settings)
-    sent = alerts.notify(alerts.fetch_alerts(engine, alert_ids)) if alert_ids else []
+    sent = alerts.notify(alerts.fetch_alerts(engine, alert_ids), engine=engine) if alert_ids else []
     return {"alert_ids": list(alert_ids), "sent": sent}
 
 

@@ -222,6 +222,8 @@ class _SlackHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def channels(monkeypatch):
+    import airflow.sdk  # noqa: F401  notifications go out from Airflow processes, where it is loaded
+
     smtp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SMTPHandler)
     smtp.messages = []
     slack = HTTPServer(("127.0.0.1", 0), _SlackHandler)
