@@ -76,12 +76,17 @@ def test_head_can_predict_below_half():
     model = build_autoint(FIELD_DIMS, SMALL)
     dense = model.get_layer("att_logit")
     x = codes(32, seed=5)
-    # push the attention logit strongly negative and check both directions are reachable
+    # Negative DNN logit (bias -5) and a non-positive attention logit: with the seed's
+    # ReLU on each logit the probability would be exactly 0.5; ours must go below.
+    dnn_logit = model.get_layer("dnn").logit
+    dnn_logit.kernel.assign(np.zeros(dnn_logit.kernel.shape, dtype="float32"))
+    dnn_logit.bias.assign(np.full(dnn_logit.bias.shape, -5.0, dtype="float32"))
     dense.kernel.assign(-np.ones(dense.kernel.shape, dtype="float32"))
     p = predict_proba(model, x)
-    assert p.min() < 0.5
-    dense.kernel.assign(np.ones(dense.kernel.shape, dtype="float32"))
-    assert predict_proba(model, x).max() > 0.5
+    assert p.max() < 0.01
+    dnn_logit.bias.assign(np.full(dnn_logit.bias.shape, 5.0, dtype="float32"))
+    dense.kernel.assign(np.zeros(dense.kernel.shape, dtype="float32"))
+    assert predict_proba(model, x).min() > 0.99
 
 
 def planted(n, seed):
