@@ -36,7 +36,8 @@ def parse_duration(text: str):
 
 def _print(result, as_json: bool, text: str | None = None) -> None:
     if as_json:
-        print(json.dumps(result, indent=2, default=str))
+        # The real stdout: main() sends everything else (Keras' epoch lines) to stderr.
+        print(json.dumps(result, indent=2, default=str), file=sys.__stdout__, flush=True)
     elif text is not None:
         print(text)
 
@@ -377,8 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = Settings.from_env()
+    import contextlib
+
+    # With --json, stdout carries only the result.
+    quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     try:
-        return args.func(args, settings)
+        with quiet:
+            return args.func(args, settings)
     except SourceError as exc:
         print(f"recpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE

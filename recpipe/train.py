@@ -88,7 +88,7 @@ def train_autoint(engine: Engine, settings: Settings, as_of: datetime, train_unt
     run_dir = artifacts.new_path(settings, "autoint", as_of, "")
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
-    model, history = fit_autoint(X, y, encoders.field_dims, config, out_dir=run_dir, verbose=0)
+    model, history = fit_autoint(X, y, encoders.field_dims, config, out_dir=run_dir, verbose=_verbosity())
     seconds = time.perf_counter() - started
     path = save_model(model, run_dir / "autoint.keras")
     stats = {"train_until": train_until.isoformat(), "rows": int(len(y)), "positives": float(y.mean()),
@@ -122,7 +122,7 @@ def train_gru4rec(engine: Engine, settings: Settings, as_of: datetime, train_unt
     run_dir = artifacts.new_path(settings, "gru4rec", as_of, "")
     run_dir.mkdir(parents=True)
     started = time.perf_counter()
-    bundle, history = fit_gru4rec(train, config, out_dir=run_dir, verbose=0)
+    bundle, history = fit_gru4rec(train, config, out_dir=run_dir, verbose=_verbosity())
     seconds = time.perf_counter() - started
     bundle.save(run_dir)
     main_file = next(run_dir.glob("*.keras"))
@@ -178,6 +178,13 @@ def train(engine: Engine, settings: Settings, model: str, as_of: datetime, param
     if model == "popularity":
         return train_popularity(engine, settings, as_of, train_until, params)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
+def _verbosity() -> int:
+    """Keras progress bar in a terminal; one line per epoch in logs (Airflow, CI)."""
+    import sys
+
+    return 1 if sys.stderr.isatty() else 2
 
 
 def _json_number(value):
