@@ -80,13 +80,27 @@ class GRU4RecConfig:
 
 
 # Seed 002's reported setting (hidden 64, 128 parallel sessions, dropout 0.1, Adam 1e-3,
-# 10 epochs). The seed did one step per update; here each update covers bptt=16 steps.
+# 10 epochs, no early stopping). The seed made one update per step; here one update
+# covers bptt=16 steps of the 128 lanes, so the same 10 epochs make 16x fewer updates.
 SEED002_CONFIG = GRU4RecConfig(
     hidden=64, embedding_dim=64, dropout=0.1, learning_rate=1e-3, batch_size=128, bptt=16,
     epochs=10, patience=0,
 )
-# Chosen on the seed-002 validation split (see report / README of evaluation.seed002).
-DEFAULT_CONFIG = GRU4RecConfig()
+# Chosen on the seed-002 VALIDATION split (selection by validation MRR@20, then Recall@20;
+# test figures were not used to choose). Searched by hand, one change at a time, 10 epochs
+# each (validation Recall@20 / MRR@20):
+#   seed config                                   0.154 / 0.035 (still rising: underfit)
+#   + lr 5e-3 constant                            0.178 / 0.046 (unstable curve)
+#   + lr 1e-2 constant                            0.156 / 0.038 (unstable)
+#   + lr 5e-3 cosine                              0.188 / 0.050
+#     + tied embeddings                           0.189 / 0.048
+#     + 64 lanes                                  0.191 / 0.050 (slower)
+#     + hidden 128, dropout 0.3, tied             0.203 / 0.0535
+#     + hidden 128, dropout 0.3 (untied)          0.199 / 0.0551  <- DEFAULT_CONFIG
+DEFAULT_CONFIG = GRU4RecConfig(
+    hidden=128, embedding_dim=128, dropout=0.3, learning_rate=5e-3, lr_schedule="cosine",
+    batch_size=128, bptt=16, epochs=10, patience=3,
+)
 
 
 # ----------------------------------------------------------------------- item index
