@@ -78,12 +78,16 @@ def train_autoint(engine: Engine, settings: Settings, as_of: datetime, train_unt
     from recpipe.features import derive_fields, load_encodings
     from recpipe.models.autoint import fit_autoint, save_model
 
+    overrides = dict(overrides or {})
+    negatives = int(overrides.pop("negatives_per_rating", AUTOINT_NEGATIVES_PER_RATING))
     config = model_config("autoint", overrides, epochs)
     encoders = load_encodings(engine, settings, encodings_id, as_of=train_until)
-    ratings = read_ratings(engine, before=train_until).sort_values(["ts", "line_no"], kind="stable")
+    ratings = read_ratings(engine, before=train_until)
     if ratings.empty:
         raise ValueError(f"no ratings before {train_until}: nothing to train AutoInt+ on")
-    frame = derive_fields(ratings, read_movies(engine), read_users(engine))
+    movies = read_movies(engine)
+    examples = with_sampled_negatives(ratings, movies["movie_id"].to_numpy(), negatives, config.seed)
+    frame = derive_fields(examples, movies, read_users(engine))
     X, y = encoders.transform(frame), frame["label"].to_numpy(np.float32)
     run_dir = artifacts.new_path(settings, "autoint", as_of, "")
     run_dir.mkdir(parents=True)
@@ -92,13 +96,50 @@ def train_autoint(engine: Engine, settings: Settings, as_of: datetime, train_unt
     seconds = time.perf_counter() - started
     path = save_model(model, run_dir / "autoint.keras")
     stats = {"train_until": train_until.isoformat(), "rows": int(len(y)), "positives": float(y.mean()),
+             "ratings": int(len(ratings)), "negatives_per_rating": negatives,
              "users": int(ratings["user_id"].nunique()), "movies": int(ratings["movie_id"].nunique()),
              "encodings_artifact_id": encoders_artifact_id(engine, settings, encodings_id, train_until),
              "field_dims": encoders.field_dims}
     artifact = artifacts.register(engine, settings, "autoint", as_of, path, {"train_rows": len(y)}, stats)
     training = _history_summary(history, seconds)
-    return upsert_run(engine, settings, "autoint", as_of, config=config.to_dict(), data_stats=stats,
+    return upsert_run(engine, settings, "autoint", as_of,
+                      config={**config.to_dict(), "negatives_per_rating": negatives}, data_stats=stats,
                       metrics={"training": training}, artifact=artifact)
+
+
+# The product ranks every unseen movie, not only the ones a user chose to rate: training
+# on ratings alone (the seed's CTR task) never shows the model a movie nobody picks.
+# Each rating brings this many movies the user had not rated, sampled uniformly, as
+# label-0 examples at the same time; popular movies are then learnt as likelier.
+AUTOINT_NEGATIVES_PER_RATING = 1
+
+
+def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed: int):
+    """ratings (user_id, movie_id, rating, rated_at, ts, line_no) plus `per_rating` unrated
+    movies per row as rating-0 rows; all in time order (so validation stays the latest)."""
+    import pandas as pd
+
+    if per_rating <= 0:
+        return ratings.sort_values(["ts", "line_no"], kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    stride = int(movie_ids.max()) + 1
+    seen = np.unique(ratings["user_id"].to_numpy(np.int64) * stride + ratings["movie_id"].to_numpy(np.int64))
+    users = np.repeat(ratings["user_id"].to_numpy(np.int64), per_rating)
+    picks = rng.choice(movie_ids, size=len(users))
+    for _ in range(10):  # re-draw the few samples that hit a rated movie
+        clash = np.isin(users * stride + picks, seen)
+        if not clash.any():
+            break
+        picks[clash] = rng.choice(movie_ids, size=int(clash.sum()))
+    keep = ~np.isin(users * stride + picks, seen)
+    source = ratings.iloc[np.repeat(np.arange(len(ratings)), per_rating)[keep]]
+    negatives = pd.DataFrame({
+        "user_id": users[keep], "movie_id": picks[keep], "rating": np.zeros(int(keep.sum()), dtype=np.int16),
+        "ts": source["ts"].to_numpy(), "line_no": source["line_no"].to_numpy(),
+        "rated_at": source["rated_at"].to_numpy(),
+    })
+    both = pd.concat([ratings, negatives], ignore_index=True)
+    return both.sort_values(["ts", "line_no"], kind="stable").reset_index(drop=True)
 
 
 def encoders_artifact_id(engine, settings, encodings_id, as_of) -> int:
