@@ -243,10 +243,7 @@ class GRU4RecBundle:
     def __init__(self, model: keras.Model, index: ItemIndex, config: GRU4RecConfig):
         self.model, self.index, self.config = model, index, config
         self._hidden_model = keras.Model(model.inputs, model.get_layer("gru").output)
-        out = model.get_layer("item_scores")
-        self._w = None
-        self._out = out
-        self._fn = None
+        self._out = model.get_layer("item_scores")
 
     @property
     def n_items(self) -> int:
