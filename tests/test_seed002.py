@@ -107,7 +107,7 @@ def test_run_seed002_end_to_end_small():
     ratings = _synthetic_ratings()
     cfg = GRU4RecConfig(hidden=16, embedding_dim=16, dropout=0.0, learning_rate=0.02, batch_size=8,
                         bptt=8, epochs=4, patience=0)
-    result, bundle = run_seed002(ratings, cfg, verbose=0)
+    result = run_seed002(ratings, cfg, verbose=0)
     assert result["n_test_steps"] == result["n_test_steps_expected"] > 0
     assert result["epochs_run"] == 4 and result["train_events_per_s"] > 0
     g, p = result["gru4rec"], result["popularity"]

@@ -121,8 +121,9 @@ def _stats(frame: pd.DataFrame) -> dict:
 
 
 def run_seed002(ratings: pd.DataFrame, config=None, *, out_dir=None, verbose: int = 1,
-                split=None) -> dict:
-    """Seed split -> train GRU4Rec (early stopping on validation) -> test metrics."""
+                split=None, return_bundle: bool = False):
+    """Seed split -> train GRU4Rec (early stopping on validation) -> test metrics dict
+    ((dict, bundle) when return_bundle)."""
     from recpipe.models.gru4rec import DEFAULT_CONFIG, fit_gru4rec, session_sequences
 
     config = config or DEFAULT_CONFIG
@@ -162,7 +163,7 @@ def run_seed002(ratings: pd.DataFrame, config=None, *, out_dir=None, verbose: in
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
     result["meets_bar"] = bool(gru["recall"] >= 0.1925 and gru["mrr"] >= 0.0552)
-    return result, bundle
+    return (result, bundle) if return_bundle else result
 
 
 def main(argv=None) -> int:
@@ -191,7 +192,8 @@ def main(argv=None) -> int:
         d[key] = json.loads(value)
     cfg = GRU4RecConfig.from_dict(d)
     ratings, _, _ = load_ml1m_frames(args.source_dir)
-    result, bundle = run_seed002(ratings, cfg, out_dir=args.out_dir, verbose=args.verbose)
+    result, bundle = run_seed002(ratings, cfg, out_dir=args.out_dir, verbose=args.verbose,
+                                 return_bundle=True)
     result["config_name"] = args.config
     if args.out_dir is not None:
         bundle.save(args.out_dir / "model")
