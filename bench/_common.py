@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-import sqlalchemy as sa
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ML1M = ROOT.parent / "shared" / "data" / "ml-1m"
@@ -30,6 +28,8 @@ def source_dir() -> Path:
 @contextmanager
 def scratch_database():
     """A fresh database on RECPIPE_BENCH_SERVER_URL's server (default: the local PostgreSQL)."""
+    import sqlalchemy as sa
+
     server = sa.engine.make_url(os.environ.get("RECPIPE_BENCH_SERVER_URL", SYSTEM_PG))
     name = f"recpipe_bench_{secrets.token_hex(3)}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
