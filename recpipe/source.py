@@ -68,9 +68,8 @@ class Parsed:
 
 
 def _rejected_frame(items: list[tuple[int, str, str]]) -> pd.DataFrame:
-    return pd.DataFrame(items, columns=["line_no", "raw_line", "reason"]).astype(
-        {"line_no": "int64", "raw_line": "object", "reason": "object"}
-    )
+    frame = pd.DataFrame(sorted(items), columns=["line_no", "raw_line", "reason"])
+    return frame.astype({"line_no": "int64", "raw_line": "object", "reason": "object"})
 
 
 def _read_lines(path: Path) -> tuple[list[bytes], str]:
@@ -146,21 +145,29 @@ def _rating_reason(line: bytes) -> str:
     return FIELD_COUNT  # whitespace around fields: refuse rather than guess
 
 
-def parse_users(path: Path) -> Parsed:
-    """users.dat into user_id, gender, age, occupation, zip."""
+def _latin1_records(path: Path, n_fields: int, rejected: list):
+    """(line_no, text, fields) of each line with n_fields `::` fields; the others go to
+    `rejected` with their reason. Returns (records, lines_read, sha256)."""
     lines, sha = _read_lines(path)
-    good, rejected = [], []
+    records = []
     for i, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
-        text = line.decode("latin-1")
+        text = line.rstrip(b"\r").decode("latin-1")
         if not text.strip():
             rejected.append((i, text, EMPTY_LINE))
             continue
         fields = text.split("::")
-        if len(fields) != 5:
+        if len(fields) != n_fields:
             rejected.append((i, text, FIELD_COUNT))
             continue
-        uid, gender, age, occ, zip_code = fields
+        records.append((i, text, fields))
+    return records, len(lines), sha
+
+
+def parse_users(path: Path) -> Parsed:
+    """users.dat into user_id, gender, age, occupation, zip."""
+    good, rejected = [], []
+    records, n_lines, sha = _latin1_records(path, 5, rejected)
+    for i, text, (uid, gender, age, occ, zip_code) in records:
         if not uid.isdigit() or int(uid) <= 0:
             rejected.append((i, text, NON_NUMERIC_ID))
         elif gender not in ("M", "F") or not age.isdigit() or not occ.isdigit() or not zip_code:
@@ -168,24 +175,14 @@ def parse_users(path: Path) -> Parsed:
         else:
             good.append((int(uid), gender, int(age), int(occ), zip_code))
     rows = pd.DataFrame(good, columns=["user_id", "gender", "age", "occupation", "zip"])
-    return Parsed(rows, _rejected_frame(rejected), len(lines), sha)
+    return Parsed(rows, _rejected_frame(rejected), n_lines, sha)
 
 
 def parse_movies(path: Path) -> Parsed:
     """movies.dat into movie_id, title, year (from "(1995)", may be missing), genres (list)."""
-    lines, sha = _read_lines(path)
     good, rejected = [], []
-    for i, line in enumerate(lines, start=1):
-        line = line.rstrip(b"\r")
-        text = line.decode("latin-1")
-        if not text.strip():
-            rejected.append((i, text, EMPTY_LINE))
-            continue
-        fields = text.split("::")
-        if len(fields) != 3:
-            rejected.append((i, text, FIELD_COUNT))
-            continue
-        mid, title, genres = fields
+    records, n_lines, sha = _latin1_records(path, 3, rejected)
+    for i, text, (mid, title, genres) in records:
         if not mid.isdigit() or int(mid) <= 0:
             rejected.append((i, text, NON_NUMERIC_ID))
             continue
@@ -194,7 +191,7 @@ def parse_movies(path: Path) -> Parsed:
         good.append((int(mid), title, year, [g for g in genres.split("|") if g]))
     rows = pd.DataFrame(good, columns=["movie_id", "title", "year", "genres"])
     rows["year"] = rows["year"].astype("Int64")
-    return Parsed(rows, _rejected_frame(rejected), len(lines), sha)
+    return Parsed(rows, _rejected_frame(rejected), n_lines, sha)
 
 
 def check_source_dir(source_dir: Path | None) -> Path:
@@ -224,21 +221,15 @@ def load_ml1m_frames(source_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     return ratings, parse_movies(source_dir / MOVIES_FILE).rows, parse_users(source_dir / USERS_FILE).rows
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_ml1m(folder: Path) -> None:
     """Raise SourceError unless the three files match the published ML-1M checksums."""
+    from recpipe.artifacts import sha256_file
+
     for name, expected in ML1M_SHA256.items():
         path = folder / name
         if not path.is_file():
             raise SourceError(f"{path} is missing")
-        actual = sha256_of(path)
+        actual = sha256_file(path)
         if actual != expected:
             raise SourceError(f"{path}: sha256 {actual} does not match ML-1M's {expected}")
 
