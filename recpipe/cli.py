@@ -76,11 +76,9 @@ def cmd_ingest(args, settings: Settings) -> int:
 
 
 def _engine(settings: Settings):
-    from recpipe import db
+    from recpipe.db import migrated_engine
 
-    engine = db.make_engine(settings)
-    db.upgrade(engine)
-    return engine
+    return migrated_engine(settings)
 
 
 def cmd_build(args, settings: Settings) -> int:

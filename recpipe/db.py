@@ -61,6 +61,14 @@ def make_engine(settings: Settings) -> Engine:
     return sa.create_engine(resolve_database_url(settings), pool_pre_ping=True, future=True)
 
 
+def migrated_engine(settings: Settings) -> Engine:
+    """An engine on an up-to-date schema: every entry point (CLI, DAG task) is self-sufficient,
+    and the check is one query when nothing is pending."""
+    engine = make_engine(settings)
+    upgrade(engine)
+    return engine
+
+
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
     files = sorted(p for p in directory.glob("*.sql"))
     bad = [p.name for p in files if not _MIGRATION_NAME.match(p.name)]

@@ -14,11 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def _engine(settings: Settings):
-    from recpipe import db
+    from recpipe.db import migrated_engine
 
-    engine = db.make_engine(settings)
-    db.upgrade(engine)  # cheap when up to date; makes every entry point self-sufficient
-    return engine
+    return migrated_engine(settings)
 
 
 def ingest_interval(settings: Settings, start: datetime | None, end: datetime | None) -> dict:
