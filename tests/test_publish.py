@@ -293,3 +293,27 @@ def test_user_list_is_an_index_lookup(nightly):
         plan = "\n".join(r[0] for r in conn.exec_driver_sql(
             "EXPLAIN SELECT * FROM recommendations_current WHERE user_id = 1"))
     assert "Index" in plan
+
+
+def test_backfilled_old_night_is_stored_not_live_and_pruned_after_retention(nightly):
+    _, engine, _ = nightly
+    lists = pd.DataFrame({"user_id": [1] * 10, "rank": range(1, 11), "movie_id": range(1, 11),
+                          "score": [1.0] * 10, "fallback": [False] * 10})
+    with engine.begin() as conn:
+        old = conn.exec_driver_sql(
+            "INSERT INTO model_runs (model, as_of, status) VALUES ('popularity', %(t)s, 'promoted') RETURNING run_id",
+            {"t": AS_OF - timedelta(days=10)}).scalar()
+        older = conn.exec_driver_sql(
+            "INSERT INTO model_runs (model, as_of, status) VALUES ('popularity', %(t)s, 'promoted') RETURNING run_id",
+            {"t": AS_OF - timedelta(days=90)}).scalar()
+    kept = publish_top_k(engine, old, lists, retention=timedelta(days=30))
+    assert not kept["live"] and kept["pruned_rows"] == 0  # a backfill never replaces a newer night
+    pruned = publish_top_k(engine, older, lists, retention=timedelta(days=30))
+    assert not pruned["live"] and pruned["pruned_rows"] == 10  # beyond retention: removed at once
+    with engine.connect() as conn:
+        live = conn.exec_driver_sql("SELECT run_id FROM published_runs WHERE model = 'popularity'").scalar()
+        stored = dict(conn.exec_driver_sql(
+            "SELECT run_id, count(*) FROM recommendations WHERE run_id IN (%(a)s, %(b)s) GROUP BY run_id",
+            {"a": old, "b": older}).all())
+    assert live not in (old, older)  # the newest night stays live
+    assert stored == {old: 10}
