@@ -463,7 +463,8 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         t0 = time.perf_counter()
         h = train_model.fit(
             [items, reset], targets, sample_weight=weights, batch_size=cfg.batch_size,
-            epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=verbose,
+            # A progress bar at verbose=1; at 2 the line printed below is the epoch's log.
+            epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=1 if verbose == 1 else 0,
         )
         train_seconds += time.perf_counter() - t0
         # Keras averages over padded positions too: report the mean over real steps
