@@ -10,7 +10,7 @@ A manual run without a data interval ingests everything (like `recpipe ingest --
 """
 from __future__ import annotations
 
-from _recpipe_dag_utils import DEFAULT_INGEST_START, default_args, env_datetime, settings
+from _recpipe_dag_utils import SETTINGS, default_args, settings
 from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
 
 # postgres://host:port/database/schema/table, the form the Postgres provider normalises to.
@@ -20,7 +20,7 @@ RATINGS_ASSET = Asset(name="recpipe_ratings", uri="postgres://recpipe-db:5432/re
 @dag(
     dag_id="recpipe_ingest",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=env_datetime("RECPIPE_INGEST_START", DEFAULT_INGEST_START),
+    start_date=SETTINGS.ingest_start,
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),

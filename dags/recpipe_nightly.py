@@ -1,31 +1,36 @@
-"""recpipe_nightly: rebuild features, retrain AutoInt+ and GRU4Rec, evaluate, gate, publish.
+"""recpipe_nightly: plan the night, rebuild features, train every registered model,
+evaluate, gate, publish, notify.
 
-    rebuild_encodings >> rebuild_sessions >> [train_autoint, train_gru4rec] >> evaluate >> gate >> publish >> notify
+    plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
+         >> evaluate >> gate >> publish >> notify
 
-"As of" is the run's data interval end (a manual run without one: its logical date,
-else its run_after). Training runs on the GPU Celery queue (RECPIPE_GPU_QUEUE, default
-"gpu") in a fresh process (`python -m recpipe.cli train ...`): TensorFlow/CUDA cannot be
-initialised again inside a forked worker. XCom carries ids and paths only.
-
-Trigger-form params: epochs, autoint_overrides, gru4rec_overrides, gate_overrides, dry_run
-(train and evaluate, publish nothing), as_of (ISO date-time overriding the interval end).
+`plan` builds the night's plan once (the night = the run's data interval end, or the
+`as_of` param) and validates every trigger parameter: a bad one fails the run at
+once, without retries. Every later task receives the plan through XCom. The Keras
+models train on the accelerator queue (RECPIPE_GPU_QUEUE, default "gpu"), each in a
+fresh process: TensorFlow/CUDA cannot be initialised again inside a forked worker.
+`notify` runs whatever happened upstream, so the gate's alerts are sent even when
+`publish` fails. XCom carries the plan, ids and figures only.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
-from _recpipe_dag_utils import (
-    DEFAULT_INGEST_START, airflow_context, default_args, env_datetime, gpu_queue, run_as_of, settings,
-)
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from _recpipe_dag_utils import SETTINGS, airflow_context, default_args, night_of, settings
+from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
 
-TRAINED_MODELS = ("autoint", "gru4rec")
+from recpipe import registry
+
+MODEL_PARAMS = {
+    f"{name}_overrides": Param({}, type="object", description=f"{name} config overrides, e.g. {{\"epochs\": 2}}.")
+    for name in registry.names()
+}
 
 
 @dag(
     dag_id="recpipe_nightly",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
-    start_date=env_datetime("RECPIPE_NIGHTLY_START", DEFAULT_INGEST_START),
+    start_date=SETTINGS.nightly_start,
     catchup=False,
     max_active_runs=1,
     default_args=default_args(),
@@ -34,91 +39,110 @@ TRAINED_MODELS = ("autoint", "gru4rec")
     doc_md=__doc__,
     params={
         "epochs": Param(None, type=["null", "integer"], minimum=1,
-                        description="Epochs for both models (null: each model's configured default)."),
-        "autoint_overrides": Param({}, type="object", description="AutoInt+ config overrides, e.g. {\"batch_size\": 2048}."),
-        "gru4rec_overrides": Param({}, type="object", description="GRU4Rec config overrides, e.g. {\"hidden\": 100}."),
+                        description="Epochs for every trained model (null: each model's configured default)."),
+        **MODEL_PARAMS,
         "gate_overrides": Param({}, type="object",
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
-        "dry_run": Param(False, type="boolean", description="Train and evaluate, publish nothing."),
+        "dry_run": Param(False, type="boolean",
+                         description="Train, evaluate and gate as separate dry-run runs; publish nothing."),
         "as_of": Param(None, type=["null", "string"], format="date-time",
-                       description="Override the run's \"as of\" instant (ISO 8601; default: the data interval end)."),
+                       description="Override the night (ISO 8601; default: the data interval end)."),
     },
 )
 def recpipe_nightly():
     @task
-    def rebuild_encodings() -> dict:
+    def plan() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from recpipe import pipeline
-
-        return pipeline.rebuild_encodings(settings(), run_as_of(get_current_context()))
-
-    @task
-    def rebuild_sessions(encodings: dict) -> dict:
-        from recpipe import pipeline
-
-        return pipeline.rebuild_sessions(settings(), run_as_of(get_current_context()))
-
-    def _train(model: str, encodings: dict, sessions: dict) -> dict:
-        from recpipe import pipeline
+        from recpipe.plan import PlanError
 
         context = get_current_context()
         params = context["params"]
-        epochs = params.get("epochs")
-        return pipeline.train_subprocess(
-            settings(), model, run_as_of(context),
-            encodings_id=encodings.get("artifact_id"),
-            sessions_build_id=sessions.get("build_id"),
-            overrides=dict(params.get(f"{model}_overrides") or {}) or None,
-            epochs=int(epochs) if epochs is not None else None,
-        )
-
-    @task(queue=gpu_queue(), execution_timeout=timedelta(hours=6))
-    def train_autoint(encodings: dict, sessions: dict) -> dict:
-        return _train("autoint", encodings, sessions)
-
-    @task(queue=gpu_queue(), execution_timeout=timedelta(hours=6))
-    def train_gru4rec(encodings: dict, sessions: dict) -> dict:
-        return _train("gru4rec", encodings, sessions)
+        try:
+            night = night_of(context)
+            built = pipeline.make_plan(
+                settings(), night, epochs=params.get("epochs"),
+                model_overrides={m: params.get(f"{m}_overrides") or {} for m in registry.names()},
+                gate_overrides=params.get("gate_overrides") or {}, dry_run=bool(params.get("dry_run")),
+                context=airflow_context(context))
+        except (PlanError, ValueError) as exc:
+            raise AirflowFailException(f"invalid night parameters: {exc}") from exc  # retrying cannot help
+        return built.to_dict()
 
     @task
-    def evaluate(autoint: dict, gru4rec: dict) -> dict:
-        """Fits tonight's popularity baseline and scores every run; its run_ids include popularity's."""
+    def rebuild_encodings(night: dict) -> dict:
         from recpipe import pipeline
+        from recpipe.plan import NightPlan
 
-        result = pipeline.evaluate(settings(), run_as_of(get_current_context()), [autoint["run_id"], gru4rec["run_id"]])
-        return {"run_ids": result["run_ids"], "popularity_run_id": result.get("popularity_run_id")}
+        return pipeline.rebuild_encodings(settings(), NightPlan.from_dict(night))
 
     @task
-    def gate(evaluation: dict) -> dict:
+    def rebuild_sessions(night: dict) -> dict:
         from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.rebuild_sessions(settings(), NightPlan.from_dict(night))
+
+    @task(execution_timeout=timedelta(hours=6))
+    def train(night: dict, model: str, encodings: dict, sessions: dict) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.train_model(settings(), NightPlan.from_dict(night), model,
+                                    pipeline.night_inputs(encodings, sessions), fresh_process=True)
+
+    @task
+    def evaluate(night: dict, trained: list[dict]) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        result = pipeline.evaluate(settings(), NightPlan.from_dict(night), [t["run_id"] for t in trained])
+        return {"run_ids": result["run_ids"]}
+
+    @task
+    def gate(night: dict, evaluation: dict) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        result = pipeline.gate(settings(), NightPlan.from_dict(night), evaluation["run_ids"])
+        return {key: result[key] for key in ("promoted", "rejected", "alert_ids", "run_ids")}
+
+    @task
+    def publish(night: dict, decision: dict) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"])
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def notify(night: dict) -> dict:
+        """Sends the gate's alerts whatever publish did; a night that failed before the
+        gate has its candidates marked failed (each failed task already alerted)."""
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
 
         context = get_current_context()
-        overrides = context["params"].get("gate_overrides") or None
-        result = pipeline.gate(settings(), run_as_of(context), evaluation["run_ids"], overrides,
-                               context=airflow_context(context))
-        return {key: result[key] for key in ("promoted", "rejected", "alert_ids")} | {
-            "run_ids": result.get("run_ids") or evaluation["run_ids"]}
+        plan_ = NightPlan.from_dict(night)
+        decision = context["ti"].xcom_pull(task_ids="gate")
+        if decision is None:
+            trained = [context["ti"].xcom_pull(task_ids=f"train_{m}") for m in plan_.models]
+            failed = pipeline.fail_night(settings(), plan_, [t["run_id"] for t in trained if t],
+                                         "the night failed before the gate")
+            return {"alert_ids": [], "sent": [], "failed_runs": failed}
+        return pipeline.notify(settings(), plan_, list(decision.get("alert_ids") or []), context)
 
-    @task
-    def publish(decision: dict) -> dict:
-        from recpipe import pipeline
-
-        context = get_current_context()
-        return pipeline.publish(
-            settings(), run_as_of(context), decision["run_ids"], dry_run=bool(context["params"].get("dry_run"))
-        )
-
-    @task
-    def notify(decision: dict, published: dict) -> dict:
-        from recpipe import pipeline
-
-        return pipeline.notify(settings(), list(decision.get("alert_ids") or []))
-
-    encodings = rebuild_encodings()
-    sessions = rebuild_sessions(encodings)
-    evaluation = evaluate(train_autoint(encodings, sessions), train_gru4rec(encodings, sessions))
-    decision = gate(evaluation)
-    notify(decision, publish(decision))
+    night = plan()
+    encodings = rebuild_encodings(night)
+    sessions = rebuild_sessions(night)
+    trained = [
+        train.override(task_id=f"train_{spec.name}", **({"queue": SETTINGS.gpu_queue} if spec.accelerated else {}))(
+            night, spec.name, encodings, sessions)
+        for spec in registry.MODELS.values()
+    ]
+    decision = gate(night, evaluate(night, trained))
+    publish(night, decision) >> notify(night)
 
 
 recpipe_nightly()

@@ -50,7 +50,7 @@ def cmd_db(args, settings: Settings) -> int:
         applied = db.upgrade(engine)
         print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'database already up to date'}")
     elif args.action == "url":
-        print(db.resolve_database_url(settings))
+        print(db.safe_url(db.resolve_database_url(settings)))  # never the password
     elif args.action == "stop":
         print("embedded PostgreSQL stopped" if db.stop_embedded(settings.home) else "embedded PostgreSQL not running")
     return 0
@@ -81,27 +81,34 @@ def _engine(settings: Settings):
     return migrated_engine(settings)
 
 
+def _plan(args, settings: Settings, **choices):
+    from recpipe import pipeline
+
+    return pipeline.make_plan(settings, args.as_of, **choices)
+
+
 def cmd_build(args, settings: Settings) -> int:
+    from recpipe import pipeline
+
     if args.what == "encodings":
-        from recpipe.features import build_encodings
-
-        artifact = build_encodings(_engine(settings), settings, args.as_of)
-        result = {"artifact_id": artifact.artifact_id, "path": str(artifact.path), "sha256": artifact.sha256,
-                  "field_dims": artifact.details["field_dims"], "rows": artifact.row_counts["ratings"]}
-        _print(result, args.json, f"encodings artifact {result['artifact_id']} as of {args.as_of:%Y-%m-%d %H:%M}Z:"
+        result = pipeline.rebuild_encodings(settings, _plan(args, settings))
+        _print(result, args.json, f"encodings artifact {result['encodings_id']} for the night"
+               f" {args.as_of:%Y-%m-%d %H:%M}Z (fitted before {result['fitted_before']}):"
                f" field_dims {result['field_dims']} from {result['rows']} ratings -> {result['path']}")
-    else:
-        from recpipe.sessions import SessionParams, build_sessions
+        return 0
+    from recpipe.sessions import SessionParams, build_sessions
 
-        params = SessionParams(
-            mode=args.mode, session_gap=args.gap, bucket=args.bucket,
-            test_days=args.test_days, val_days=args.val_days,
-        )
+    params = SessionParams(mode=args.mode, session_gap=args.gap, bucket=args.bucket,
+                           test_days=args.test_days, val_days=args.val_days)
+    if args.purpose == "production":
+        result = pipeline.rebuild_sessions(settings, _plan(args, settings, session_params=params.to_dict()))
+        result["build_id"] = result["sessions_build_id"]
+    else:
         result = build_sessions(_engine(settings), args.as_of, params, args.purpose)
-        lines = [f"session build {result['build_id']} ({args.purpose}, {args.mode}) as of {args.as_of:%Y-%m-%d}:"]
-        for split, st in result["stats"].items():
-            lines.append(f"  {split:<10} events {st['events']:>9,}  sessions {st['sessions']:>7,}  items {st['items']:>6,}")
-        _print(result, args.json, "\n".join(lines))
+    lines = [f"session build {result['build_id']} ({args.purpose}, {args.mode}) as of {args.as_of:%Y-%m-%d}:"]
+    for split, st in result["stats"].items():
+        lines.append(f"  {split:<10} events {st['events']:>9,}  sessions {st['sessions']:>7,}  items {st['items']:>6,}")
+    _print(result, args.json, "\n".join(lines))
     return 0
 
 
@@ -128,12 +135,27 @@ def default_as_of(settings: Settings) -> datetime:
 
 
 def cmd_train(args, settings: Settings) -> int:
+    """Train one model for a night; without input ids, the night's rebuilds run first."""
     from recpipe import pipeline
+    from recpipe.plan import NightInputs
 
-    result = pipeline.train_run(settings, args.model, args.as_of, encodings_id=args.encodings,
-                                sessions_build_id=args.sessions, overrides=args.overrides, epochs=args.epochs)
-    _print(result, args.json, f"{args.model} run {result['run_id']} as of {args.as_of:%Y-%m-%d}: {result['training']}")
+    plan = _plan(args, settings, models=_models_with_baseline([args.model]), epochs=args.epochs,
+                 model_overrides={args.model: args.overrides or {}})
+    encodings, sessions = args.encodings, args.sessions
+    if encodings is None:
+        encodings = pipeline.rebuild_encodings(settings, plan)["encodings_id"]
+    if sessions is None:
+        sessions = pipeline.rebuild_sessions(settings, plan)["sessions_build_id"]
+    result = pipeline.train_model(settings, plan, args.model, NightInputs(encodings, sessions))
+    _print(result, args.json, f"{args.model} run {result['run_id']} for the night {args.as_of:%Y-%m-%d}"
+           f" (encodings {encodings}, sessions {sessions}): {result['training']}")
     return 0
+
+
+def _models_with_baseline(models: list[str]) -> tuple[str, ...]:
+    from recpipe import registry
+
+    return tuple(dict.fromkeys([*registry.baseline_names(), *models]))
 
 
 def _metrics_table(rows: list[tuple[str, dict]], keys: list[str]) -> str:
@@ -148,7 +170,9 @@ def _metrics_table(rows: list[tuple[str, dict]], keys: list[str]) -> str:
 
 
 def cmd_evaluate(args, settings: Settings) -> int:
-    models = ["autoint", "gru4rec", "popularity"] if args.model == "all" else [args.model]
+    from recpipe import registry
+
+    models = list(registry.names()) if args.model == "all" else [args.model]
     if args.protocol == "production":
         return _evaluate_production(args, settings, models)
     from recpipe.db import read_movies, read_ratings, read_users
@@ -170,15 +194,13 @@ def cmd_evaluate(args, settings: Settings) -> int:
                                          out_dir=out_dir, verbose=0)
     else:
         from recpipe.evaluation.seed002 import run_seed002
-        from recpipe.train import model_config
+        from recpipe.models.gru4rec import DEFAULT_CONFIG, SEED002_CONFIG
 
         if "gru4rec" not in models:
             raise SystemExit("the seed002 protocol evaluates gru4rec (popularity is reported beside it)")
-        from recpipe.models.gru4rec import SEED002_CONFIG
-
-        config = SEED002_CONFIG if args.config == "seed" else model_config("gru4rec")
+        config = SEED002_CONFIG if args.config == "seed" else DEFAULT_CONFIG
         if args.epochs:
-            config = model_config("gru4rec", {**config.to_dict(), "epochs": args.epochs})
+            config = type(config).from_dict({**config.to_dict(), "epochs": args.epochs})
         results["gru4rec"] = run_seed002(ratings, config, out_dir=out_dir, verbose=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
@@ -188,28 +210,23 @@ def cmd_evaluate(args, settings: Settings) -> int:
 
 
 def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
+    """The production protocol as a night: T = cutoff + window, eval window = window."""
     from recpipe import pipeline
-    from recpipe.config import PipelineParams
     from recpipe.evaluation.production import DEFAULT_CUTOFF, DEFAULT_WINDOW
 
     cutoff = args.cutoff or DEFAULT_CUTOFF
     window = args.window or DEFAULT_WINDOW
-    params = PipelineParams(eval_window=window)
-    as_of = cutoff + window
-    encodings = pipeline.rebuild_encodings(settings, as_of, params)
-    sessions = pipeline.rebuild_sessions(settings, as_of, params=params)
-    run_ids = [
-        pipeline.train_run(settings, model, as_of, encodings_id=encodings["artifact_id"],
-                           sessions_build_id=sessions["build_id"], epochs=args.epochs, params=params)["run_id"]
-        for model in models if model != "popularity"
-    ]
-    evaluated = pipeline.evaluate(settings, as_of, run_ids, params)
-    names = {int(r): m for r, m in zip(evaluated["run_ids"], ["popularity", *[m for m in models if m != "popularity"]])}
-    rows = [(names[int(r)], m) for r, m in evaluated["metrics"].items()]
+    plan = pipeline.make_plan(settings, cutoff + window, eval_window=window, models=_models_with_baseline(models),
+                              epochs=args.epochs, dry_run=True)
+    inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan), pipeline.rebuild_sessions(settings, plan))
+    trained = {m: pipeline.train_model(settings, plan, m, inputs)["run_id"] for m in plan.models}
+    evaluated = pipeline.evaluate(settings, plan, list(trained.values()))
+    rows = [(model, evaluated["metrics"][str(run_id)]) for model, run_id in trained.items()]
     keys = ["users", "recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "auc", "log_loss"]
     text = (f"production protocol: train before {cutoff:%Y-%m-%d}, test positives of"
-            f" [{cutoff:%Y-%m-%d}, {as_of:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
-    payload = {"protocol": "production", "cutoff": cutoff, "until": as_of, "names": names, **evaluated}
+            f" [{cutoff:%Y-%m-%d}, {plan.night:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
+    payload = {"protocol": "production", "cutoff": cutoff, "until": plan.night, "runs": trained,
+               "metrics": {model: metrics for model, metrics in rows}}
     _write_out(args.out, payload)
     _print(payload, args.json, text)
     return 0
@@ -224,17 +241,14 @@ def _write_out(path, payload) -> None:
 
 
 def cmd_publish(args, settings: Settings) -> int:
-    import sqlalchemy as sa
+    from recpipe import pipeline, runs
 
-    from recpipe import pipeline
-
-    with _engine(settings).connect() as conn:
-        runs = conn.execute(sa.text("SELECT run_id, model FROM model_runs WHERE as_of = :t"),
-                            {"t": args.as_of}).all()
-    wanted = [r.run_id for r in runs if not args.model or r.model in args.model or r.model == "popularity"]
+    night_runs = runs.of_night(_engine(settings), args.as_of)
+    wanted = [r.run_id for r in night_runs if not args.model or r.model in args.model or r.is_baseline]
     if not wanted:
-        raise SystemExit(f"no runs as of {args.as_of:%Y-%m-%d %H:%M}Z: run `recpipe run` first")
-    result = pipeline.publish(settings, args.as_of, wanted, dry_run=args.dry_run)
+        raise SystemExit(f"no runs for the night {args.as_of:%Y-%m-%d %H:%M}Z: run `recpipe run` first")
+    plan = _plan(args, settings, models=tuple(dict.fromkeys(r.model for r in night_runs)), dry_run=args.dry_run)
+    result = pipeline.publish(settings, plan, wanted)
     lines = [f"{p['model']:<12} run {p['run_id']}: {p['rows']} rows for {p['users']} users in {p['seconds']}s"
              f"{' (live)' if p['live'] else ' (stored; a newer night is live)'}" for p in result.get("published", [])]
     _print(result, args.json, "\n".join(lines) or json.dumps(result))
@@ -242,21 +256,19 @@ def cmd_publish(args, settings: Settings) -> int:
 
 
 def cmd_runs(args, settings: Settings) -> int:
-    import sqlalchemy as sa
+    from recpipe import runs
 
-    with _engine(settings).connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT run_id, model, as_of, status, metrics #> '{production}' AS m, created_at FROM model_runs"
-            " WHERE (CAST(:model AS text) IS NULL OR model = :model) ORDER BY as_of DESC, run_id DESC LIMIT :n"),
-            {"model": args.model, "n": args.limit}).mappings().all()
+    listed = runs.listing(_engine(settings), args.model, args.limit)
     if args.json:
-        _print([dict(r) for r in rows], True)
+        _print([{"run_id": r.run_id, "model": r.model, "as_of": r.as_of, "status": r.status, "dry_run": r.dry_run,
+                 "production": r.production_metrics} for r in listed], True)
         return 0
-    print(f"{'run':>5} {'model':<11} {'as_of':<11} {'status':<10} {'users':>6} {'ndcg@10':>8} {'recall@10':>9}")
-    for r in rows:
-        m = r["m"] or {}
+    print(f"{'run':>5} {'model':<11} {'night':<11} {'status':<10} {'users':>6} {'ndcg@10':>8} {'recall@10':>9}")
+    for r in listed:
+        m = r.production_metrics
         ndcg, recall = m.get("ndcg_at_10"), m.get("recall_at_10")
-        print(f"{r['run_id']:>5} {r['model']:<11} {r['as_of']:%Y-%m-%d} {r['status']:<10} {m.get('users', '-'):>6}"
+        status = r.status + (" (dry)" if r.dry_run else "")
+        print(f"{r.run_id:>5} {r.model:<11} {r.as_of:%Y-%m-%d} {status:<10} {m.get('users', '-'):>6}"
               f" {ndcg if ndcg is None else round(ndcg, 4)!s:>8} {recall if recall is None else round(recall, 4)!s:>9}")
     return 0
 
@@ -265,8 +277,10 @@ def cmd_run(args, settings: Settings) -> int:
     from recpipe import pipeline
 
     as_of = args.as_of or default_as_of(settings)
-    result = pipeline.run_nightly(settings, as_of, epochs=args.epochs, overrides=args.overrides,
-                                  gate_overrides=args.gate, dry_run=args.dry_run)
+    overrides = args.overrides or {}
+    plan = pipeline.make_plan(settings, as_of, epochs=args.epochs, model_overrides=overrides,
+                              gate_overrides=args.gate, dry_run=args.dry_run)
+    result = pipeline.run_nightly(settings, plan)
     _print(result, args.json, summarize_nightly(result))
     return 0
 
@@ -289,6 +303,8 @@ def summarize_nightly(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recpipe import registry
+
     parser = argparse.ArgumentParser(prog="recpipe", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,9 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("build", help="rebuild encodings or sessions as of a time")
+    p = sub.add_parser("build", help="rebuild the encodings or the sessions of a night")
     p.add_argument("what", choices=["encodings", "sessions"])
-    p.add_argument("--as-of", type=parse_time, required=True)
+    p.add_argument("--as-of", type=parse_time, required=True,
+                   help="the night T: encodings and production sessions use the ratings before T - eval window"
+                        " (as the nightly does); evaluation sessions use every rating before T")
     p.add_argument("--mode", choices=["gap", "bucket"], default="gap")
     p.add_argument("--gap", type=parse_duration, default=parse_duration("30min"))
     p.add_argument("--bucket", type=parse_duration, default=parse_duration("2h"))
@@ -322,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="train one model for the night --as-of (in this process)")
-    p.add_argument("--model", choices=["autoint", "gru4rec", "popularity"], required=True)
-    p.add_argument("--as-of", type=parse_time, required=True)
-    p.add_argument("--encodings", type=int, help="encodings artifact id (default: newest as of the cutoff)")
-    p.add_argument("--sessions", type=int, help="session build id (default: the cutoff's production build)")
+    p.add_argument("--model", choices=registry.names(), required=True)
+    p.add_argument("--as-of", type=parse_time, required=True, help="the night T (trains before T - eval window)")
+    p.add_argument("--encodings", type=int, help="encodings artifact id (default: rebuild the night's)")
+    p.add_argument("--sessions", type=int, help="session build id (default: rebuild the night's)")
     p.add_argument("--overrides", type=_json_arg, help="model config overrides, a JSON object")
     p.add_argument("--epochs", type=int)
     p.add_argument("--json", action="store_true")
@@ -333,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="train what a protocol needs and print its metrics")
     p.add_argument("--protocol", choices=["production", "seed000", "seed002"], default="production")
-    p.add_argument("--model", choices=["autoint", "gru4rec", "popularity", "all"], default="all")
+    p.add_argument("--model", choices=[*registry.names(), "all"], default="all")
     p.add_argument("--cutoff", type=parse_time, help="production: the time cutoff T (default 2000-12-01)")
     p.add_argument("--window", type=parse_duration, help="production: the test window after T (default 365d)")
     p.add_argument("--config", choices=["default", "seed"], default="default",
@@ -345,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("publish", help="publish the promoted runs of a night")
     p.add_argument("--as-of", type=parse_time, required=True)
-    p.add_argument("--model", action="append", choices=["autoint", "gru4rec", "popularity"])
+    p.add_argument("--model", action="append", choices=registry.names())
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_publish)
@@ -360,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole nightly sequence in one process")
     p.add_argument("--as-of", type=parse_time, help="default: midnight after the newest rating")
     p.add_argument("--epochs", type=int, help="override both models' epochs (smoke runs)")
-    p.add_argument("--overrides", type=_json_arg, help='{"autoint": {...}, "gru4rec": {...}}')
+    p.add_argument("--overrides", type=_json_arg, help='per model: {"autoint": {...}, "gru4rec": {...}}')
     p.add_argument("--gate", type=_json_arg, help="gate overrides, e.g. {\"tolerance\": 0.2}")
     p.add_argument("--dry-run", action="store_true", help="train, evaluate and gate; publish nothing")
     p.add_argument("--json", action="store_true")
@@ -380,12 +398,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # With --json, stdout carries only the result.
     quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
+    from sqlalchemy.exc import OperationalError
+
+    from recpipe.db import DatabaseNotConfigured
+    from recpipe.plan import PlanError
+
     try:
         with quiet:
             return args.func(args, settings)
-    except SourceError as exc:
+    except (SourceError, PlanError, DatabaseNotConfigured) as exc:
         print(f"recpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OperationalError as exc:
+        # One line an operator can act on; the driver's own text says which part failed.
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+        print(f"recpipe {args.command}: the database is unreachable or failed ({reason}); check that it runs and"
+              " that RECPIPE_DATABASE_URL is right, then run the command again", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

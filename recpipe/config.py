@@ -1,40 +1,84 @@
-"""Settings, read from the environment (and the Airflow connection `recpipe_db`).
+"""Settings, read from the environment: the only module that reads RECPIPE_* variables.
 
-Every stage takes a `Settings` explicitly; `Settings.from_env()` is the only place
-that reads environment variables.
+Every stage takes a `Settings` (where things are) and a `NightPlan` (what tonight
+does, recpipe.plan) explicitly. Nothing here imports more than the standard library:
+the DAG files read these settings while Airflow parses them.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SQL_DIR = REPO_ROOT / "sql"
+DEFAULT_GATE_FILE = Path(__file__).with_name("gate.yaml")
 AIRFLOW_CONN_ID = "recpipe_db"
+# RECPIPE_DATABASE_URL=embedded asks for the embedded PostgreSQL under RECPIPE_HOME.
+EMBEDDED = "embedded"
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _days(text: str | None, default: timedelta) -> timedelta:
+    return timedelta(days=float(text)) if text else default
 
 
 @dataclass(frozen=True)
 class Settings:
-    # SQLAlchemy URL; None means "start the embedded PostgreSQL under `home`".
+    """Where things are and how the deployment is wired (not what a night does)."""
+
+    # SQLAlchemy URL, or None: inside Airflow the connection `recpipe_db` is used.
     database_url: str | None = None
+    # Use the embedded PostgreSQL under `home` (only when asked: RECPIPE_DATABASE_URL=embedded).
+    embedded: bool = False
     # State directory: embedded PostgreSQL data, artifacts, downloads.
     home: Path = field(default_factory=lambda: Path(".recpipe").resolve())
     # Folder holding ratings.dat, movies.dat, users.dat.
     source_dir: Path | None = None
-    # Celery queue of the GPU worker that runs training.
+    # Celery queue of the accelerator worker that trains the Keras models.
     gpu_queue: str = "gpu"
+    gate_file: Path = DEFAULT_GATE_FILE
+    task_retries: int = 2
+    retry_delay: timedelta = timedelta(minutes=1)
+    ingest_start: datetime = datetime(2000, 4, 25, tzinfo=timezone.utc)  # the day before ML-1M's first rating
+    nightly_start: datetime = datetime(2000, 4, 25, tzinfo=timezone.utc)
+    # Notification channels (Airflow connections) and recipients.
+    smtp_conn_id: str = "smtp_default"
+    slack_conn_id: str = "slack_webhook_default"
+    alert_email: str | None = None
+    alert_email_from: str | None = None
+    # `make run` only: both models' epochs (quick smoke runs).
+    epochs: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = os.environ if env is None else env
         source = env.get("RECPIPE_SOURCE_DIR")
+        url = env.get("RECPIPE_DATABASE_URL") or None
+        defaults = cls()
         return cls(
-            database_url=env.get("RECPIPE_DATABASE_URL") or None,
+            database_url=None if url == EMBEDDED else url,
+            embedded=url == EMBEDDED,
             home=Path(env.get("RECPIPE_HOME", ".recpipe")).expanduser().resolve(),
             source_dir=Path(source).expanduser().resolve() if source else None,
-            gpu_queue=env.get("RECPIPE_GPU_QUEUE", "gpu"),
+            gpu_queue=env.get("RECPIPE_GPU_QUEUE") or defaults.gpu_queue,
+            gate_file=Path(env["RECPIPE_GATE_FILE"]) if env.get("RECPIPE_GATE_FILE") else DEFAULT_GATE_FILE,
+            task_retries=int(env.get("RECPIPE_TASK_RETRIES") or defaults.task_retries),
+            retry_delay=timedelta(seconds=float(env["RECPIPE_RETRY_DELAY_S"])) if env.get("RECPIPE_RETRY_DELAY_S")
+            else defaults.retry_delay,
+            ingest_start=_utc(env["RECPIPE_INGEST_START"]) if env.get("RECPIPE_INGEST_START") else defaults.ingest_start,
+            nightly_start=_utc(env["RECPIPE_NIGHTLY_START"]) if env.get("RECPIPE_NIGHTLY_START")
+            else defaults.nightly_start,
+            smtp_conn_id=env.get("RECPIPE_SMTP_CONN_ID") or defaults.smtp_conn_id,
+            slack_conn_id=env.get("RECPIPE_SLACK_CONN_ID") or defaults.slack_conn_id,
+            alert_email=env.get("RECPIPE_ALERT_EMAIL") or None,
+            alert_email_from=env.get("RECPIPE_ALERT_EMAIL_FROM") or None,
+            epochs=int(env["RECPIPE_EPOCHS"]) if env.get("RECPIPE_EPOCHS") else None,
         )
 
     def with_(self, **changes) -> "Settings":
@@ -44,55 +88,23 @@ class Settings:
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
 
+    def child_env(self, database_url: str) -> dict[str, str]:
+        """The environment of a child process (training) that must see the same database
+        and home as this one. The URL travels in the environment, never on disk or argv."""
+        return {**os.environ, "RECPIPE_DATABASE_URL": database_url, "RECPIPE_HOME": str(self.home)}
+
 
 @dataclass(frozen=True)
 class PipelineParams:
-    """How a nightly run as of T trains, judges and publishes.
-
-    Models train on ratings before T - eval_window and are judged (production
-    protocol) on the positives of [T - eval_window, T); the lists they publish use
-    every rating before T as the users' history. What is gated is what is shipped.
-    """
+    """The deployment's defaults for a night; recpipe.plan.NightPlan freezes them per night."""
 
     eval_window: timedelta = timedelta(days=60)
-    popularity_window: timedelta = timedelta(days=90)
-    k: int = 10
     retention: timedelta = timedelta(days=30)  # published runs older than this are removed
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "PipelineParams":
         env = os.environ if env is None else env
-        days = env.get("RECPIPE_EVAL_WINDOW_DAYS")
-        keep = env.get("RECPIPE_RETENTION_DAYS")
         return cls(
-            eval_window=timedelta(days=float(days)) if days else cls.eval_window,
-            retention=timedelta(days=float(keep)) if keep else cls.retention,
+            eval_window=_days(env.get("RECPIPE_EVAL_WINDOW_DAYS"), cls.eval_window),
+            retention=_days(env.get("RECPIPE_RETENTION_DAYS"), cls.retention),
         )
-
-    def training_cutoff(self, as_of: datetime) -> datetime:
-        return as_of - self.eval_window
-
-
-def airflow_database_url() -> str | None:
-    """The URL of the Airflow connection `recpipe_db`, or None when it is not defined.
-
-    Only looked up inside an Airflow process (where `airflow` is already imported):
-    importing Airflow elsewhere costs seconds and reconfigures logging.
-    """
-    import sys
-
-    if "airflow" not in sys.modules:
-        return None
-    try:
-        from airflow.sdk import BaseHook
-    except ImportError:  # pragma: no cover - an Airflow 2 process
-        return None
-    try:
-        conn = BaseHook.get_connection(AIRFLOW_CONN_ID)
-    except Exception:  # the connection is optional; RECPIPE_DATABASE_URL is the fallback
-        return None
-    uri = conn.get_uri()
-    # Airflow writes "postgres://"; SQLAlchemy 2 only knows "postgresql://".
-    if uri.startswith("postgres://"):
-        uri = "postgresql://" + uri[len("postgres://"):]
-    return uri

@@ -10,11 +10,12 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recpipe.config import SQL_DIR, Settings, airflow_database_url
+from recpipe.config import SQL_DIR, Settings
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = SQL_DIR / "migrations"
+STATEMENTS_DIR = SQL_DIR / "pipeline"
 # Arbitrary constant: the advisory lock that serialises concurrent `db upgrade`s.
 MIGRATION_LOCK_KEY = 0x7265_6370  # "recp"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
@@ -49,12 +50,30 @@ def stop_embedded(home: Path) -> bool:
     return True
 
 
+class DatabaseNotConfigured(RuntimeError):
+    """No database was named: recpipe never falls back to a throwaway one."""
+
+
 def resolve_database_url(settings: Settings) -> str:
-    """RECPIPE_DATABASE_URL, else the Airflow connection `recpipe_db`, else embedded."""
-    url = settings.database_url or airflow_database_url()
+    """settings.database_url, or the embedded PostgreSQL when (and only when) asked for.
+
+    Inside Airflow the bridge fills database_url from the connection `recpipe_db`.
+    """
+    url = settings.database_url
     if url:
+        if url.startswith("postgres://"):  # Airflow's spelling; SQLAlchemy 2 knows "postgresql://"
+            url = "postgresql://" + url[len("postgres://"):]
         return url.replace("postgresql://", "postgresql+psycopg2://", 1) if url.startswith("postgresql://") else url
-    return embedded_database_url(settings.home)
+    if settings.embedded:
+        return embedded_database_url(settings.home)
+    raise DatabaseNotConfigured(
+        "no database configured: set RECPIPE_DATABASE_URL to a SQLAlchemy URL, or to 'embedded' for the"
+        " embedded PostgreSQL under RECPIPE_HOME (inside Airflow: define the connection recpipe_db)")
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked: the only form recpipe prints or logs."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def make_engine(settings: Settings) -> Engine:
@@ -114,6 +133,12 @@ def upgrade(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
             applied_now.append(path.name)
             log.info("applied migration %s", path.name)
     return applied_now
+
+
+def statement(name: str) -> sa.TextClause:
+    """A named SQL statement of sql/pipeline/ (long statements live there, not in code)."""
+    lines = (STATEMENTS_DIR / f"{name}.sql").read_text().splitlines()
+    return sa.text("\n".join(line for line in lines if not line.lstrip().startswith("--")))
 
 
 @contextmanager

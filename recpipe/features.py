@@ -19,6 +19,12 @@ META_FIELDS = [
     "genre1", "genre2", "genre3", "gender", "age", "occupation", "zip",
 ]
 FIELDS = USER_ITEM_FIELDS + META_FIELDS  # model input order
+# Who owns each field: scoring encodes user fields once per user, item fields once per
+# movie and context fields once per scoring time, then adds the codes of the three.
+USER_FIELDS = ["user_id", "gender", "age", "occupation", "zip"]
+ITEM_FIELDS = ["movie_id", "movie_decade", "movie_year", "genre1", "genre2", "genre3"]
+CONTEXT_FIELDS = ["rating_year", "rating_month", "rating_decade"]
+assert sorted(USER_FIELDS + ITEM_FIELDS + CONTEXT_FIELDS) == sorted(FIELDS)
 UNKNOWN = 0  # code reserved for values not seen before T, and for missing values
 NO_GENRE = "no"  # seed 000's filler for movies with fewer than three genres
 POSITIVE_MIN_RATING = 4  # label = rating >= 4
@@ -128,40 +134,44 @@ class FieldEncoders:
 
 
 ENCODINGS_KIND = "encodings"
+ENCODERS_FILE = "encoders.joblib"
 
 
-def build_encodings(engine, settings, as_of: datetime):
-    """Fit the field encoders on the ratings before `as_of`; persist and register them.
+def build_encodings(engine, settings, fitted_before: datetime):
+    """Fit the field encoders on the ratings before `fitted_before`; persist and register them.
 
-    Returns the registered `Artifact` (details carry field_dims and vocabularies' sizes).
+    Returns the registered `Artifact` (details carry field_dims and the fields).
     """
     import joblib
 
     from recpipe import artifacts
     from recpipe.db import read_movies, read_ratings, read_users
 
-    ratings = read_ratings(engine, before=as_of)
+    ratings = read_ratings(engine, before=fitted_before)
     if ratings.empty:
-        raise ValueError(f"no ratings before {as_of:%Y-%m-%d %H:%M}Z: ingest first")
+        raise ValueError(f"no ratings before {fitted_before:%Y-%m-%d %H:%M}Z: ingest first")
     frame = derive_fields(ratings, read_movies(engine), read_users(engine))
-    encoders = FieldEncoders(as_of=as_of).fit(frame)
-    path = artifacts.new_path(settings, ENCODINGS_KIND, as_of, ".joblib")
-    joblib.dump(encoders, path)
+    encoders = FieldEncoders(as_of=fitted_before).fit(frame)
+    folder = artifacts.new_dir(settings, ENCODINGS_KIND, fitted_before)
+    joblib.dump(encoders, folder / ENCODERS_FILE)
     return artifacts.register(
-        engine, settings, ENCODINGS_KIND, as_of, path,
+        engine, settings, ENCODINGS_KIND, fitted_before, folder,
         row_counts={"ratings": len(ratings)},
         details={"field_dims": encoders.field_dims, "fields": FIELDS},
     )
 
 
-def load_encodings(engine, settings, artifact_id: int | None = None, as_of: datetime | None = None) -> FieldEncoders:
-    """The encoders of an artifact (by id, or the newest as of a time), checksum verified first."""
+def load_encodings(engine, settings, artifact_id: int) -> FieldEncoders:
+    """The encoders of an artifact, loaded from its verified bytes only."""
     import joblib
 
     from recpipe import artifacts
 
-    artifact = artifacts.get(engine, settings, artifact_id, kind=ENCODINGS_KIND, as_of=as_of)
-    encoders = joblib.load(artifact.path)
+    artifact = artifacts.get(engine, settings, artifact_id)
+    if artifact.kind != ENCODINGS_KIND:
+        raise artifacts.ArtifactIntegrityError(f"artifact {artifact_id} is {artifact.kind!r}, not encodings")
+    with artifacts.open_artifact(settings, artifact) as bundle:
+        encoders = joblib.load(bundle.path(ENCODERS_FILE))
     if not isinstance(encoders, FieldEncoders):
-        raise artifacts.ArtifactIntegrityError(f"artifact {artifact.artifact_id} is not a FieldEncoders")
+        raise artifacts.ArtifactIntegrityError(f"artifact {artifact_id} is not a FieldEncoders")
     return encoders

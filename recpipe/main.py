@@ -92,24 +92,23 @@ def last_dag_run(metadata_db: Path, dag_id: str) -> tuple[str, list[tuple[str, s
     return state, tasks
 
 
-def report(engine, as_of: datetime, database_url: str) -> str:
+def report(engine, settings: Settings, as_of: datetime, database_url: str) -> str:
     """What an operator reads after the run: decisions, metrics, task times, where to look."""
     import sqlalchemy as sa
 
+    from recpipe import runs
+
     lines = []
+    for run in runs.of_night(engine, as_of):
+        m = run.production_metrics
+        verdict = run.status
+        if run.status == "rejected":
+            verdict += ": " + "; ".join(r["message"] for r in run.gate_reasons)
+        lines.append(f"  {run.model:<11} run {run.run_id:<4} ndcg@10 {m.get('ndcg_at_10', float('nan')):.4f}"
+                     f"  recall@10 {m.get('recall_at_10', float('nan')):.4f}"
+                     f"  hit@10 {m.get('hit_rate_at_10', float('nan')):.4f}"
+                     f"  ({m.get('users', 0)} test users)  -> {verdict}")
     with engine.connect() as conn:
-        runs = conn.execute(sa.text(
-            "SELECT run_id, model, status, metrics, gate_reasons FROM model_runs WHERE as_of = :t ORDER BY model"),
-            {"t": as_of}).mappings().all()
-        for run in runs:
-            m = run["metrics"].get("production", {})
-            verdict = run["status"]
-            if run["status"] == "rejected":
-                verdict += ": " + "; ".join(r["message"] for r in run["gate_reasons"])
-            lines.append(f"  {run['model']:<11} run {run['run_id']:<4} ndcg@10 {m.get('ndcg_at_10', float('nan')):.4f}"
-                         f"  recall@10 {m.get('recall_at_10', float('nan')):.4f}"
-                         f"  hit@10 {m.get('hit_rate_at_10', float('nan')):.4f}"
-                         f"  ({m.get('users', 0)} test users)  -> {verdict}")
         live = conn.execute(sa.text(
             "SELECT model, count(DISTINCT user_id) AS users, count(*) AS rows FROM recommendations_current"
             " WHERE as_of = :t GROUP BY model ORDER BY model"), {"t": as_of}).all()
@@ -118,24 +117,31 @@ def report(engine, as_of: datetime, database_url: str) -> str:
     lines.append("published lists: " + (", ".join(f"{m} {u} users / {r} rows" for m, u, r in live) or "none"))
     if sample:
         lines.append("user 1's top-10 (recommendations_default): " + "; ".join(f"{r}. {t}" for r, t in sample))
+    url = _libpq_url(database_url)
     lines += [
         "",
-        "where to look:",
-        f"  psql '{_libpq_url(database_url)}' -v user_id=1 -f sql/queries/user_top10.sql",
-        f"  psql '{_libpq_url(database_url)}' -f sql/queries/metric_history.sql",
-        "  .venv/bin/recpipe runs list        # the runs registry",
-        f"  Airflow task logs: {Path(os.environ.get('RECPIPE_HOME', '.recpipe')).resolve() / 'airflow' / 'logs'}",
+        "where to look:" + (" (password hidden: give it with PGPASSWORD)" if "***" in url else ""),
+        f"  psql '{url}' -v user_id=1 -f sql/queries/user_top10.sql",
+        f"  psql '{url}' -f sql/queries/metric_history.sql",
+        "  RECPIPE_DATABASE_URL=embedded .venv/bin/recpipe runs list   # the runs registry"
+        if settings.embedded else "  .venv/bin/recpipe runs list        # the runs registry",
+        f"  Airflow task logs: {settings.home / 'airflow' / 'logs'}",
     ]
     return "\n".join(lines)
 
 
 def _libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg2://", "postgresql://", 1)
+    """The URL for psql, its password masked (never printed)."""
+    from recpipe.db import safe_url
+
+    return safe_url(url).replace("postgresql+psycopg2://", "postgresql://", 1)
 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    if not settings.database_url:
+        settings = settings.with_(embedded=True)  # the main job asks for the embedded server
     started = time.perf_counter()
     try:
         settings = ensure_source(settings)
@@ -151,8 +157,7 @@ def main() -> int:
         print(pipeline.ingest_interval(settings, None, None)["summary"], flush=True)
         timings = {"ingest": time.perf_counter() - ingest_started}
         as_of = default_as_of(settings)
-        epochs = int(os.environ["RECPIPE_EPOCHS"]) if os.environ.get("RECPIPE_EPOCHS") else None
-        timings.update(nightly_through_airflow(settings, database_url, as_of, epochs))
+        timings.update(nightly_through_airflow(settings, database_url, as_of, settings.epochs))
     except SourceError as exc:
         print(f"recpipe: {exc}", file=sys.stderr)
         return 2
@@ -160,7 +165,7 @@ def main() -> int:
         print(f"recpipe: {exc}", file=sys.stderr)
         return 1
     print(f"\nnightly run as of {as_of:%Y-%m-%d}:")
-    print(report(engine, as_of, database_url))
+    print(report(engine, settings, as_of, database_url))
     print("timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
           + f"; total {time.perf_counter() - started:.0f}")
     return 0

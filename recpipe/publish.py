@@ -15,7 +15,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recpipe.db import copy_frame
+from recpipe import runs
+from recpipe.db import copy_frame, statement
 
 log = logging.getLogger(__name__)
 
@@ -29,37 +30,21 @@ def publish_top_k(engine: Engine, run_id: int, lists: pd.DataFrame, retention: t
     make it live for its model when it is the newest night; prune old runs."""
     started = time.perf_counter()
     with engine.begin() as conn:
-        run = conn.execute(sa.text("SELECT run_id, model, as_of, status FROM model_runs WHERE run_id = :r FOR UPDATE"),
-                           {"r": run_id}).mappings().one()
-        if run["status"] != "promoted":
-            raise NotPromotedError(f"{run['model']} run {run_id} is {run['status']}, not promoted: not published")
+        run = runs.get(conn, run_id, for_update=True)
+        if run.status != runs.PROMOTED or run.dry_run:
+            state = "a dry run" if run.dry_run else run.status
+            raise NotPromotedError(f"{run.model} run {run_id} is {state}, not promoted: not published")
         # Serialise publishers of the same model: the pointer update below reads then writes.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('recpipe.publish.' || :m))"),
-                     {"m": run["model"]})
+                     {"m": run.model})
         conn.execute(sa.text("DELETE FROM recommendations WHERE run_id = :r"), {"r": run_id})
         copy_frame(conn, "recommendations", lists.assign(run_id=run_id),
                    ["run_id", "user_id", "rank", "movie_id", "score", "fallback"])
-        live = conn.execute(
-            sa.text(
-                "INSERT INTO published_runs AS p (model, run_id) VALUES (:m, :r)"
-                " ON CONFLICT (model) DO UPDATE SET run_id = EXCLUDED.run_id, published_at = now()"
-                " WHERE (SELECT as_of FROM model_runs WHERE run_id = p.run_id) <= :as_of"
-                " RETURNING run_id"
-            ),
-            {"m": run["model"], "r": run_id, "as_of": run["as_of"]},
-        ).scalar()
-        pruned = conn.execute(
-            sa.text(
-                "DELETE FROM recommendations rec USING model_runs r"
-                " WHERE rec.run_id = r.run_id AND r.model = :m"
-                " AND r.as_of < (SELECT max(r2.as_of) FROM model_runs r2 JOIN published_runs p ON p.run_id = r2.run_id"
-                "                WHERE p.model = :m) - :keep"
-                " AND rec.run_id NOT IN (SELECT run_id FROM published_runs)"
-            ),
-            {"m": run["model"], "keep": retention},
-        ).rowcount
+        live = conn.execute(statement("switch_live"),
+                            {"model": run.model, "run_id": run_id, "as_of": run.as_of}).scalar()
+        pruned = conn.execute(statement("prune_published"), {"model": run.model, "keep": retention}).rowcount
     seconds = time.perf_counter() - started
-    result = {"run_id": run_id, "model": run["model"], "as_of": run["as_of"].isoformat(), "rows": int(len(lists)),
+    result = {"run_id": run_id, "model": run.model, "as_of": run.as_of.isoformat(), "rows": int(len(lists)),
               "users": int(lists["user_id"].nunique()), "live": live == run_id, "pruned_rows": pruned,
               "seconds": round(seconds, 3)}
     log.info("published %s", result)

@@ -205,6 +205,18 @@ def build_sessions(engine, as_of: datetime, params: SessionParams = SessionParam
             "stats": stats}
 
 
+def load_session_build(engine, build_id: int) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """(params as stored, sets) of a build."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        params = conn.execute(sa.text("SELECT params FROM session_builds WHERE build_id = :b"),
+                              {"b": build_id}).scalar()
+    if params is None:
+        raise LookupError(f"no session build {build_id}")
+    return params, load_session_sets(engine, build_id)
+
+
 def load_session_sets(engine, build_id: int) -> dict[str, pd.DataFrame]:
     """The stored sets of a build, each ordered by session and position."""
     from recpipe.db import read_frame

@@ -5,6 +5,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from recpipe.recommenders.autoint import score_catalogue as score_top_k  # noqa: E402
 from recpipe.models.autoint import (  # noqa: E402
     DEFAULT_CONFIG,
     SEED000_CONFIG,
@@ -17,7 +18,6 @@ from recpipe.models.autoint import (  # noqa: E402
     load_model,
     predict_proba,
     save_model,
-    score_top_k,
 )
 
 FIELD_DIMS = [5, 7, 3]

@@ -21,9 +21,10 @@ from airflow_harness import DAGS_FOLDER, REPO_ROOT, AirflowHome
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.pipeline", "recpipe.db",
                  "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
 NIGHTLY_TASKS = {
-    "rebuild_encodings", "rebuild_sessions", "train_autoint", "train_gru4rec",
+    "plan", "rebuild_encodings", "rebuild_sessions", "train_autoint", "train_gru4rec", "train_popularity",
     "evaluate", "gate", "publish", "notify",
 }
+ACCELERATED = {"train_autoint", "train_gru4rec"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,15 +124,17 @@ def test_nightly_dag_shape(dag_info):
     assert dag["max_active_runs"] == 1
     tasks = dag["tasks"]
     assert set(tasks) == NIGHTLY_TASKS
-    assert tasks["rebuild_sessions"]["upstream"] == ["rebuild_encodings"]
-    assert tasks["train_autoint"]["upstream"] == ["rebuild_encodings", "rebuild_sessions"]
-    assert tasks["train_gru4rec"]["upstream"] == ["rebuild_encodings", "rebuild_sessions"]
-    assert tasks["evaluate"]["upstream"] == ["train_autoint", "train_gru4rec"]
-    assert tasks["gate"]["upstream"] == ["evaluate"]
-    assert tasks["publish"]["upstream"] == ["gate"]
-    assert tasks["notify"]["upstream"] == ["gate", "publish"]
+    assert tasks["plan"]["upstream"] == []
+    assert tasks["rebuild_encodings"]["upstream"] == ["plan"]
+    assert tasks["rebuild_sessions"]["upstream"] == ["plan"]
+    for model in ("autoint", "gru4rec", "popularity"):
+        assert tasks[f"train_{model}"]["upstream"] == ["plan", "rebuild_encodings", "rebuild_sessions"]
+    assert tasks["evaluate"]["upstream"] == ["plan", "train_autoint", "train_gru4rec", "train_popularity"]
+    assert tasks["gate"]["upstream"] == ["evaluate", "plan"]
+    assert tasks["publish"]["upstream"] == ["gate", "plan"]
+    assert tasks["notify"]["upstream"] == ["plan", "publish"]
     for task_id, task in tasks.items():
-        expected_queue = "gpu" if task_id.startswith("train_") else "default"
+        expected_queue = "gpu" if task_id in ACCELERATED else "default"
         assert task["queue"] == expected_queue, task_id
         assert task["retries"] >= 1 and task["on_failure"] == ["on_failure"], task_id
 
@@ -146,14 +149,15 @@ def test_gpu_queue_is_a_setting(airflow_home):
 def test_nightly_params(dag_info):
     dag = dag_info["dags"]["recpipe_nightly"]
     assert dag["params"] == {
-        "epochs": None, "autoint_overrides": {}, "gru4rec_overrides": {}, "gate_overrides": {}, "dry_run": False,
-        "as_of": None,
+        "epochs": None, "popularity_overrides": {}, "autoint_overrides": {}, "gru4rec_overrides": {},
+        "gate_overrides": {}, "dry_run": False, "as_of": None,
     }
     schemas = dag["param_schemas"]
     assert schemas["epochs"]["type"] == ["null", "integer"]
     assert schemas["dry_run"]["type"] == "boolean"
     assert schemas["as_of"]["type"] == ["null", "string"] and schemas["as_of"]["format"] == "date-time"
-    assert all(schemas[k]["type"] == "object" for k in ("autoint_overrides", "gru4rec_overrides", "gate_overrides"))
+    assert all(schemas[k]["type"] == "object"
+               for k in ("popularity_overrides", "autoint_overrides", "gru4rec_overrides", "gate_overrides"))
 
 
 def test_dag_files_import_nothing_heavy(airflow_home):
@@ -244,19 +248,19 @@ def channels(monkeypatch):
 
 
 def _alert(engine, **kw) -> dict:
-    from recpipe import alerts
+    from recpipe import airflow_bridge, alerts
 
     alert_id = alerts.record_alert(engine, **kw)
     return alerts.fetch_alerts(engine, [alert_id])[0]
 
 
 def test_notify_sends_through_configured_notifiers(engine, channels):
-    from recpipe import alerts
+    from recpipe import airflow_bridge, alerts
 
     smtp, slack = channels
     row = _alert(engine, kind=alerts.METRIC_REGRESSION, model="gru4rec", metric="ndcg_at_10", value=0.01,
                  threshold=0.05, message="ndcg_at_10 0.01 below floor 0.05")
-    sent = alerts.notify([row], engine=engine)
+    sent = airflow_bridge.notify([row], engine=engine)
     assert sent == ["smtp", "slack"]
     (raw,) = smtp.messages
     msg = email.message_from_bytes(raw)
@@ -273,26 +277,26 @@ def test_notify_sends_through_configured_notifiers(engine, channels):
 
 
 def test_notify_without_connections_sends_nothing(engine, monkeypatch):
-    from recpipe import alerts
+    from recpipe import airflow_bridge, alerts
 
     for var in ("AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("RECPIPE_SMTP_CONN_ID", "recpipe_no_such_smtp")
     monkeypatch.setenv("RECPIPE_SLACK_CONN_ID", "recpipe_no_such_slack")
     row = _alert(engine, kind=alerts.GATE_REJECTED, model="autoint", message="rejected")
-    assert alerts.notify([row], engine=engine) == []
+    assert airflow_bridge.notify([row], engine=engine) == []
     assert alerts.fetch_alerts(engine, [row["alert_id"]])[0]["notified"] == []
 
 
 def test_on_failure_callback_records_task_failed_alert(engine, settings, channels, monkeypatch):
     from types import SimpleNamespace
 
-    from recpipe import alerts
+    from recpipe import airflow_bridge, alerts
 
     smtp, slack = channels
     monkeypatch.setenv("RECPIPE_DATABASE_URL", settings.database_url)
     ti = SimpleNamespace(dag_id="recpipe_nightly", task_id="train_gru4rec", run_id="manual__2000-12-01", try_number=3)
-    alerts.on_failure_callback({"ti": ti, "exception": RuntimeError("CUDA out of memory")})
+    airflow_bridge.on_failure_callback({"ti": ti, "exception": RuntimeError("CUDA out of memory")})
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT * FROM alerts")).mappings().one()
     assert row["kind"] == "task_failed" and row["model"] == "gru4rec" and row["severity"] == "error"
@@ -302,10 +306,10 @@ def test_on_failure_callback_records_task_failed_alert(engine, settings, channel
 
 
 def test_on_failure_callback_never_raises(monkeypatch):
-    from recpipe import alerts
+    from recpipe import airflow_bridge, alerts
 
     monkeypatch.setenv("RECPIPE_DATABASE_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
-    alerts.on_failure_callback({"ti": None, "exception": ValueError("x")})
+    airflow_bridge.on_failure_callback({"ti": None, "exception": ValueError("x")})
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,7 +407,7 @@ def _pipeline_has(*names: str) -> bool:
 
 
 needs_pipeline = pytest.mark.skipif(
-    not _pipeline_has("train_subprocess", "evaluate", "gate", "publish", "notify"),
+    not _pipeline_has("train_model", "evaluate", "gate", "publish", "notify"),
     reason="recpipe.pipeline does not have the training/evaluation/gate/publish stages yet",
 )
 NIGHTLY_DATE = "2000-12-01"  # data interval (2000-11-29 02:00, 2000-11-30 02:00]: as_of = its end
@@ -423,7 +427,7 @@ def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings
     pipeline.ingest_interval(settings, None, None)
     # This tests the Airflow layer, not model quality: one epoch on 120 synthetic users, and
     # the gate opened wide through the trigger params (which is part of what is tested).
-    lenient = {"must_beat_popularity": False, "min_test_users": 1, "floors": {
+    lenient = {"must_beat_baseline": False, "min_test_users": 1, "floors": {
         "autoint": {"auc": 0.0, "ndcg_at_10": 0.0, "recall_at_10": 0.0},
         "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
     proc = _nightly(airflow_home, settings, {"epochs": 1, "gate_overrides": lenient})
@@ -472,3 +476,52 @@ def test_nightly_dry_run_publishes_nothing(airflow_home, engine, settings):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM model_runs")).scalar_one() >= 2
         assert conn.execute(sa.text("SELECT count(*) FROM published_runs")).scalar_one() == 0
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_notify_sends_the_gates_alerts_after_a_failed_publish(airflow_home, engine, settings, channels):
+    """publish fails for real (the database refuses the lists); notify still runs and the
+    gate's rejection reaches the on-call channels."""
+    from recpipe import pipeline
+    from recpipe.main import last_dag_run
+
+    smtp, _ = channels
+    pipeline.ingest_interval(settings, None, None)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE FUNCTION recpipe_test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
+                             " $$ BEGIN RAISE EXCEPTION 'no space left on device (test)'; END $$")
+        conn.exec_driver_sql("CREATE TRIGGER recpipe_test_refuse BEFORE INSERT ON recommendations"
+                             " FOR EACH STATEMENT EXECUTE FUNCTION recpipe_test_refuse()")
+    try:
+        env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
+            "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")}}
+        conf = {"epochs": 1, "gate_overrides": {"floors": {"gru4rec": {"ndcg_at_10": 2.0}}}}
+        proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf", json.dumps(conf),
+                                    env=env, check=False)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER recpipe_test_refuse ON recommendations")
+            conn.exec_driver_sql("DROP FUNCTION recpipe_test_refuse()")
+    state, tasks = last_dag_run(airflow_home.root / "airflow.db", "recpipe_nightly")
+    states = {task: s for task, s, _ in tasks}
+    assert state == "failed" and states["publish"] == "failed" and states["notify"] == "success", (
+        states, proc.stdout[-3000:])
+    with engine.connect() as conn:
+        rejected = conn.execute(sa.text(
+            "SELECT notified FROM alerts WHERE kind = 'gate_rejected' AND model = 'gru4rec'")).scalars().all()
+    assert rejected and all("smtp" in n for n in rejected)
+    subjects = [email.message_from_bytes(raw)["Subject"] for raw in smtp.messages]
+    assert any("gate_rejected" in s for s in subjects), subjects
+
+
+def test_a_task_without_its_database_fails_instead_of_using_a_throwaway_one(airflow_home, settings, tmp_path):
+    """No RECPIPE_DATABASE_URL and no `recpipe_db` connection: the task ends failed, and no
+    embedded PostgreSQL is started behind the operator's back."""
+    home = tmp_path / "home"
+    env = {"RECPIPE_SOURCE_DIR": str(settings.source_dir), "RECPIPE_HOME": str(home), "RECPIPE_TASK_RETRIES": "0"}
+    proc = airflow_home.airflow("dags", "test", "recpipe_ingest", "2000-05-11", env=env, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "recpipe_db" in output
+    assert not (home / "pgdata").exists()

@@ -6,17 +6,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recpipe.evaluation.seed002 import evaluate_popularity, evaluate_sequences, popularity_scores
+from recpipe.evaluation.seed002 import evaluate_popularity, evaluate_sequences, popularity_scores, sequence_validator
 from recpipe.models.gru4rec import (
     GRU4RecBundle,
     GRU4RecConfig,
     ItemIndex,
-    _build_networks,
     fit_gru4rec,
     pack_lanes,
-    score_top_k,
     session_sequences,
 )
+from recpipe.models.gru4rec.network import _build_networks
+from recpipe.recommenders.gru4rec import score_top_k
 
 N_ITEMS = 24
 TINY = GRU4RecConfig(hidden=24, embedding_dim=16, dropout=0.0, learning_rate=0.02, batch_size=8,
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
     train = planted_events(240, seed=0)
     val = planted_events(40, seed=1)
     out = tmp_path_factory.mktemp("gru4rec")
-    bundle, history = fit_gru4rec(train, TINY, val_events=val, out_dir=out, verbose=0)
+    bundle, history = fit_gru4rec(train, TINY, validate=sequence_validator(val), out_dir=out, verbose=0)
     return bundle, history, train, out
 
 
@@ -157,7 +157,7 @@ def test_learns_planted_sequential_pattern(trained):
 
 def test_early_stopping_restores_best(tmp_path):
     cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "epochs": 8, "patience": 1, "learning_rate": 0.5})
-    bundle, history = fit_gru4rec(planted_events(60), cfg, val_events=planted_events(20, seed=1),
+    bundle, history = fit_gru4rec(planted_events(60), cfg, validate=sequence_validator(planted_events(20, seed=1)),
                                   verbose=0)
     assert 1 <= history["epochs_run"] <= 8
     best = max(history["val_recall@20"])

@@ -27,7 +27,7 @@ FAST = {
                 "dnn_units": [16]},
     "gru4rec": {"batch_size": 16, "hidden": 32, "embedding_dim": 32, "epochs": 8, "learning_rate": 0.01},
 }
-EASY_GATE = {"min_test_users": 5, "must_beat_popularity": False, "floors": {"autoint": {"auc": 0.0}}}
+EASY_GATE = {"min_test_users": 5, "must_beat_baseline": False, "floors": {"autoint": {"auc": 0.0}}}
 
 
 def scalar(engine, sql, params=None):
@@ -46,7 +46,8 @@ def nightly(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
             " artifacts, rejected_rows, ratings, ingest_batches, movies, users RESTART IDENTITY CASCADE")
     settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), source_dir=synthetic_dir)
     ingest(migrated_engine, synthetic_dir)
-    result = pipeline.run_nightly(settings, AS_OF, overrides=FAST, gate_overrides=EASY_GATE)
+    plan = pipeline.make_plan(settings, AS_OF, model_overrides=FAST, gate_overrides=EASY_GATE)
+    result = pipeline.run_nightly(settings, plan)
     return settings, migrated_engine, result
 
 
@@ -80,12 +81,13 @@ def test_runs_registry_records_metrics_and_artifacts(nightly):
     assert [r["model"] for r in runs] == ["autoint", "gru4rec", "popularity"]
     for run in runs:
         assert run["status"] == "promoted" and run["decided_at"] is not None and run["gate_reasons"]
-        assert (settings.home / run["artifact_path"]).is_file() and len(run["artifact_sha256"]) == 64
+        assert (settings.home / run["artifact_path"] / "MANIFEST.json").is_file() and len(run["artifact_sha256"]) == 64
     autoint = runs[0]["metrics"]
     assert {"recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "users", "auc", "log_loss",
-            "popularity"} <= set(autoint["production"])
+            "baselines"} <= set(autoint["production"])
+    assert "popularity" in autoint["production"]["baselines"]
     assert autoint["training"]["epochs_run"] >= 1
-    assert (settings.home / runs[0]["artifact_path"]).parent.glob("*.png")
+    assert list((settings.home / runs[0]["artifact_path"]).glob("*.png"))
 
 
 def test_default_view_picks_one_model_per_user(nightly):
@@ -99,7 +101,7 @@ def test_default_view_picks_one_model_per_user(nightly):
 def test_republishing_same_night_replaces_lists(nightly):
     settings, engine, result = nightly
     before = scalar(engine, "SELECT count(*) FROM recommendations")
-    again = pipeline.publish(settings, AS_OF, result["evaluation"]["run_ids"])
+    again = pipeline.publish(settings, pipeline.make_plan(settings, AS_OF), result["evaluation"]["run_ids"])
     assert len(again["published"]) == 3
     assert scalar(engine, "SELECT count(*) FROM recommendations") == before
 
@@ -113,11 +115,13 @@ def test_rejected_candidate_alerts_and_live_lists_stay(nightly):
     later = datetime(2000, 12, 8, tzinfo=UTC)
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "INSERT INTO model_runs (model, as_of, config, data_stats, metrics, artifact_path, artifact_sha256)"
-            " SELECT model, %(t)s, config, data_stats, metrics, artifact_path, artifact_sha256"
+            "INSERT INTO model_runs (model, as_of, config, data_stats, metrics, artifact_path, artifact_sha256,"
+            " artifact_id, is_baseline)"
+            " SELECT model, %(t)s, config, data_stats, metrics, artifact_path, artifact_sha256, artifact_id, is_baseline"
             " FROM model_runs WHERE run_id = %(r)s", {"t": later, "r": autoint_run})
         candidate = conn.exec_driver_sql("SELECT run_id FROM model_runs WHERE as_of = %(t)s", {"t": later}).scalar()
-    decided = pipeline.gate(settings, later, [candidate], {"floors": {"autoint": {"ndcg_at_10": 2.0}}})
+    plan = pipeline.make_plan(settings, later, gate_overrides={"floors": {"autoint": {"ndcg_at_10": 2.0}}})
+    decided = pipeline.gate(settings, plan, [candidate])
     assert decided["rejected"] == [candidate]
     reasons = decided["decisions"][0]["reasons"]
     assert any(r["rule"] == "floor" and r["metric"] == "ndcg_at_10" for r in reasons)
@@ -134,14 +138,14 @@ def test_rejected_candidate_alerts_and_live_lists_stay(nightly):
 
 def test_gate_rules_regression_and_popularity():
     rules = GateRules.load({"tolerance": 0.1, "min_test_users": 1})
-    metrics = {"users": 50, "ndcg_at_10": 0.08, "recall_at_10": 0.05, "popularity": {"ndcg_at_10": 0.09}}
+    metrics = {"users": 50, "ndcg_at_10": 0.08, "recall_at_10": 0.05, "baselines": {"popularity": {"ndcg_at_10": 0.09}}}
     run = {"model": "gru4rec", "metrics": {"production": metrics}}
     previous = {"run_id": 7, "metrics": {"production": {"ndcg_at_10": 0.1, "recall_at_10": 0.05}}}
     failures = {f["rule"]: f for f in judge(run, previous, rules)}
-    assert set(failures) == {"regression", "beats_popularity"}
+    assert set(failures) == {"regression", "beats_baseline"}
     assert failures["regression"]["metric"] == "ndcg_at_10"
     assert failures["regression"]["threshold"] == pytest.approx(0.09)
-    metrics.update(ndcg_at_10=0.095, popularity={"ndcg_at_10": 0.05})
+    metrics.update(ndcg_at_10=0.095, baselines={"popularity": {"ndcg_at_10": 0.05}})
     assert judge(run, previous, rules) == []
     with pytest.raises(ValueError, match="unknown gate setting"):
         GateRules.load({"tolerence": 0.2})
@@ -182,7 +186,7 @@ def test_readers_never_see_partial_lists_during_publish(nightly):
     poller.start()
     try:
         for _ in range(3):
-            pipeline.publish(settings, AS_OF, result["evaluation"]["run_ids"])
+            pipeline.publish(settings, pipeline.make_plan(settings, AS_OF), result["evaluation"]["run_ids"])
     finally:
         stop.set()
         poller.join()
@@ -255,8 +259,9 @@ def _psql_env(database_url: str, role: str | None) -> tuple[list[str], dict]:
 def test_analyst_queries_run_as_reader(nightly, database_url, query):
     settings, engine, result = nightly
     if query == "changed_lists.sql":  # needs a second stored night
-        pipeline.run_nightly(settings, datetime(2000, 12, 15, tzinfo=UTC), overrides=FAST,
-                             gate_overrides={**EASY_GATE, "tolerance": 1.0})
+        pipeline.run_nightly(settings, pipeline.make_plan(settings, datetime(2000, 12, 15, tzinfo=UTC),
+                                                          model_overrides=FAST,
+                                                          gate_overrides={**EASY_GATE, "tolerance": 1.0}))
     command, env = _psql_env(database_url, "recpipe_reader")
     done = subprocess.run([*command, "-f", str(QUERIES / query)], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr

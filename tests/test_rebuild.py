@@ -138,7 +138,7 @@ def test_session_rebuild_is_idempotent(engine, settings):
 def test_tampered_encoder_artifact_is_refused(engine, settings):
     ingest(engine, settings.source_dir)
     built = build_encodings(engine, settings, datetime(2001, 1, 1, tzinfo=UTC))
-    path = artifacts.get(engine, settings, built.artifact_id).path
+    path = artifacts.get(engine, settings, built.artifact_id).path / "encoders.joblib"
     with open(path, "ab") as fh:
         fh.write(b"\x00")
     with pytest.raises(ArtifactIntegrityError, match="refusing"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recpipe.train import with_sampled_negatives
+from recpipe.recommenders.autoint import with_sampled_negatives
 
 
 def test_sampled_negatives_are_unrated_movies_at_the_rating_time():

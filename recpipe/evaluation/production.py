@@ -4,8 +4,9 @@ Global time cutoff T: models train on ratings before T; the test set is the
 positives (rating >= 4) of [T, T + window) of users who rated something before T;
 for each such user every movie not rated before T is ranked, and the top 10 is
 compared with the positives (Recall@10, NDCG@10, HitRate@10, coverage). Every model
-is scored on the same users as the popularity baseline. AutoInt+ additionally gets
-AUC and log-loss on all of the window's ratings (its CTR task).
+is scored on the same users as the baselines, whose figures each learned run carries
+under "baselines" (what the gate compares with). A model's own extra figures (e.g.
+AutoInt+'s AUC and log-loss on every rating of the window) come from its recommender.
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy.engine import Engine
 
-from recpipe.config import Settings
 from recpipe.evaluation.metrics import ranking_metrics
-from recpipe.scoring import History, recommend
+from recpipe.recommenders.base import History, Store
+from recpipe.runs import Run
+from recpipe.scoring import LoadedRun, recommend
 
 log = logging.getLogger(__name__)
 
@@ -30,60 +31,43 @@ DEFAULT_CUTOFF = datetime.fromisoformat("2000-12-01T00:00:00+00:00")
 DEFAULT_WINDOW = timedelta(days=365)
 
 
-def holdout(engine: Engine, cutoff: datetime, until: datetime) -> pd.DataFrame:
-    """Ratings of [cutoff, until) by users who rated before cutoff (with `label`)."""
-    from recpipe.db import read_ratings
+class NoTestUsers(ValueError):
+    """The window holds no positive of a user with history: nothing to judge on."""
 
-    window = read_ratings(engine, before=until, since=cutoff)
-    with engine.connect() as conn:
-        known = {u for (u,) in conn.exec_driver_sql(
-            "SELECT DISTINCT user_id FROM ratings WHERE rated_at < %(t)s", {"t": cutoff})}
+
+def holdout(store: Store, cutoff: datetime, until: datetime) -> pd.DataFrame:
+    """Ratings of [cutoff, until) by users who rated before cutoff (with `label`)."""
+    window = store.ratings(before=until, since=cutoff)
+    known = store.ratings(before=cutoff)["user_id"].unique()
     window = window[window["user_id"].isin(known)]
     return window.assign(label=(window["rating"] >= POSITIVE_MIN_RATING).astype(np.float32))
 
 
-def evaluate_runs(engine: Engine, settings: Settings, runs: list[dict], popularity_run: dict,
-                  cutoff: datetime, until: datetime, k: int = 10) -> dict[int, dict]:
-    """Production-protocol metrics per run_id (popularity's included), same users for all."""
-    from recpipe.db import read_movies
-
-    test = holdout(engine, cutoff, until)
+def evaluate_runs(store: Store, runs: list[Run], fallback: Run, cutoff: datetime, until: datetime,
+                  k: int) -> dict[int, dict]:
+    """Production-protocol metrics per run_id, the same users for all; baselines first."""
+    test = holdout(store, cutoff, until)
     positives = test[test["label"] == 1][["user_id", "movie_id"]]
     users = np.sort(positives["user_id"].unique())
-    catalogue = len(read_movies(engine))
-    history = History.load(engine, cutoff)
+    if len(users) == 0:
+        raise NoTestUsers(f"no test users: no positive rating in [{cutoff:%Y-%m-%d}, {until:%Y-%m-%d}) by a user"
+                          " with earlier ratings; widen the evaluation window or check the ingest")
+    catalogue = len(store.movies())
+    history = History.load(store, cutoff)
+    loaded_fallback = LoadedRun(store, fallback)
     results: dict[int, dict] = {}
-    baseline = None
-    for run in [popularity_run, *[r for r in runs if r["run_id"] != popularity_run["run_id"]]]:
-        lists = recommend(engine, settings, run, history, users, k, popularity_run)
+    baselines: dict[str, dict] = {}
+    for run in sorted(runs, key=lambda r: not r.is_baseline):
+        loaded = loaded_fallback if run.run_id == fallback.run_id else LoadedRun(store, run)
+        lists = recommend(loaded, history, users, k, loaded_fallback)
         metrics = ranking_metrics(lists, positives, catalogue, k)
         metrics["fallback_users"] = int(lists.loc[lists["fallback"], "user_id"].nunique())
         metrics.update(cutoff=cutoff.isoformat(), until=until.isoformat())
-        if run["model"] == "autoint" and len(test):
-            metrics.update(_ctr_metrics(engine, settings, run, test))
-        if run["run_id"] == popularity_run["run_id"]:
-            baseline = {key: v for key, v in metrics.items() if key.endswith(f"_at_{k}")}
+        metrics.update(loaded.extra_metrics(test))
+        if run.is_baseline:
+            baselines[run.model] = {key: v for key, v in metrics.items() if key.endswith(f"_at_{k}")}
         else:
-            metrics["popularity"] = baseline
-        results[run["run_id"]] = metrics
-        log.info("%s run %s: %s", run["model"], run["run_id"], metrics)
+            metrics["baselines"] = baselines
+        results[run.run_id] = metrics
+        log.info("%s run %s: %s", run.model, run.run_id, metrics)
     return results
-
-
-def _ctr_metrics(engine: Engine, settings: Settings, run: dict, test: pd.DataFrame) -> dict:
-    """AUC and log-loss of AutoInt+ on every rating of the window."""
-    from sklearn.metrics import log_loss, roc_auc_score
-
-    from recpipe.db import read_movies, read_users
-    from recpipe.features import derive_fields, load_encodings
-    from recpipe.models.autoint import load_model, predict_proba
-    from recpipe.train import artifact_path
-
-    encoders = load_encodings(engine, settings, run["data_stats"]["encodings_artifact_id"])
-    X = encoders.transform(derive_fields(test, read_movies(engine), read_users(engine)))
-    p = predict_proba(load_model(artifact_path(settings, run)), X)
-    y = test["label"].to_numpy()
-    if len(np.unique(y)) < 2:
-        return {}
-    return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7))),
-            "ctr_rows": int(len(y))}

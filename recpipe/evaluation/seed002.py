@@ -92,6 +92,22 @@ def evaluate_sequences(bundle, sequences, k: int = K) -> dict:
             "loss": float(np.concatenate(losses).mean()), "n_steps": int(len(ranks))}
 
 
+def sequence_validator(val_events: pd.DataFrame, k: int = K):
+    """fit_gru4rec's `validate`: Recall@k, MRR@k and cross-entropy over every step of
+    the validation sessions (items unknown to the model dropped)."""
+    from recpipe.models.gru4rec import session_sequences
+
+    cache: dict = {}
+
+    def validate(bundle) -> dict:
+        if cache.get("index") is not bundle.index:
+            cache.update(index=bundle.index, seqs=session_sequences(val_events, bundle.index))
+        m = evaluate_sequences(bundle, cache["seqs"], k=k)
+        return {f"val_recall@{k}": m["recall"], f"val_mrr@{k}": m["mrr"], "val_loss": m["loss"]}
+
+    return validate
+
+
 def popularity_scores(train_events: pd.DataFrame, index) -> np.ndarray:
     counts = train_events["movie_id"].value_counts()
     return counts.reindex(index.movie_ids).fillna(0).to_numpy(dtype=np.float64)
@@ -128,7 +144,7 @@ def run_seed002(ratings: pd.DataFrame, config=None, *, out_dir=None, verbose: in
 
     config = config or DEFAULT_CONFIG
     split = split if split is not None else seed_split(ratings)
-    bundle, history = fit_gru4rec(split.train, config, val_events=split.validation,
+    bundle, history = fit_gru4rec(split.train, config, validate=sequence_validator(split.validation),
                                   out_dir=out_dir, verbose=verbose)
     test_seqs = session_sequences(split.test, bundle.index)
     n_test_sessions = int(split.test["session_id"].nunique())

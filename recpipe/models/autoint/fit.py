@@ -1,0 +1,123 @@
+"""AutoInt+ training on arrays of field codes, and batch prediction."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import keras
+import numpy as np
+
+from recpipe.models.autoint.config import SEED000_CONFIG, AutoIntConfig
+from recpipe.models.autoint.network import build_autoint, compile_autoint
+
+
+def _save_curves(history: dict[str, list[float]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for metric in ("loss", "auc"):
+        if metric not in history:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        epochs = np.arange(1, len(history[metric]) + 1)
+        ax.plot(epochs, history[metric], marker="o", label=f"train {metric}")
+        if f"val_{metric}" in history:
+            ax.plot(epochs, history[f"val_{metric}"], marker="o", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.set_title(f"AutoInt+ {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        path = out_dir / f"training_{metric}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def fit_autoint(
+    X: np.ndarray,
+    y: np.ndarray,
+    field_dims: Iterable[int],
+    config: AutoIntConfig = SEED000_CONFIG,
+    *,
+    X_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    out_dir: str | Path | None = None,
+    verbose: int | str = "auto",
+    jit_compile: Any = None,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Train AutoInt+ on int32 codes X (n, n_fields) and 0/1 labels y.
+
+    Without X_val the LAST `val_fraction` of the rows validate (sort by time before
+    calling for a temporal validation). Seeds fixed by `config.seed`; EarlyStopping on
+    val loss with the best weights restored. Returns (model, history) where history
+    holds the per-epoch curves plus `best_epoch` (1-based), `epochs_run`, `fit_seconds`,
+    `train_rows`, `val_rows`, `samples_per_s` ((train+val rows) x epochs / fit seconds)
+    and `train_samples_per_s` (train rows only). With out_dir, the curves are saved
+    there as training_loss.png / training_auc.png and the history as history.json.
+    """
+    X = np.ascontiguousarray(X, dtype=np.int32)
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    if X_val is None:
+        n_val = int(round(len(X) * config.val_fraction))
+        if n_val > 0:
+            X, X_val, y, y_val = X[:-n_val], X[-n_val:], y[:-n_val], y[-n_val:]
+    if X_val is not None:
+        X_val = np.ascontiguousarray(X_val, dtype=np.int32)
+        y_val = np.asarray(y_val, dtype=np.float32).reshape(-1)
+    if jit_compile is None:
+        # TensorFlow on CPU: XLA measured ~35% slower than graph mode for this model;
+        # JAX needs jit to be fast at all.
+        jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
+    keras.utils.set_random_seed(config.seed)
+    model = compile_autoint(build_autoint(field_dims, config), config, jit_compile=jit_compile)
+    callbacks = []
+    monitor = "val_loss" if X_val is not None else "loss"
+    callbacks.append(
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
+    )
+    started = time.perf_counter()
+    hist = model.fit(
+        X, y,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=(X_val, y_val) if X_val is not None else None,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+    history: dict[str, Any] = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    epochs_run = len(history.get("loss", []))
+    n_val_rows = 0 if X_val is None else len(X_val)
+    history.update(
+        best_epoch=int(np.argmin(history[monitor])) + 1 if epochs_run else 0,
+        epochs_run=epochs_run,
+        fit_seconds=seconds,
+        train_rows=len(X),
+        val_rows=n_val_rows,
+        samples_per_s=(len(X) + n_val_rows) * epochs_run / seconds if seconds > 0 else float("nan"),
+        train_samples_per_s=len(X) * epochs_run / seconds if seconds > 0 else float("nan"),
+    )
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        _save_curves(history, out)
+        (out / "history.json").write_text(json.dumps({"config": config.to_dict(), **history}, indent=2))
+    return model, history
+
+
+def predict_proba(model: keras.Model, X: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+    """Probabilities as float32 (n,)."""
+    X = np.ascontiguousarray(X, dtype=np.int32)
+    if len(X) == 0:
+        return np.zeros(0, dtype=np.float32)
+    return np.asarray(model.predict(X, batch_size=batch_size, verbose=0), dtype=np.float32).reshape(-1)
+

@@ -1,0 +1,70 @@
+"""GRU4Rec training data: session sequences and session-parallel lanes (truncated BPTT)."""
+from __future__ import annotations
+
+import heapq
+import math
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from recpipe.models.gru4rec.network import ItemIndex
+
+
+def _ordered_sessions(events: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("session_id", "ts", "line_no") if c in events.columns]
+    return events.sort_values(keys, kind="mergesort")
+
+
+def session_sequences(events: pd.DataFrame, index: ItemIndex) -> list[np.ndarray]:
+    """Item-index sequence of every session (time order; items unknown to `index`
+    dropped), in session_id order."""
+    ev = _ordered_sessions(events)
+    idx = index.encode(ev["movie_id"].to_numpy())
+    sid = ev["session_id"].to_numpy()
+    keep = idx >= 0
+    idx, sid = idx[keep], sid[keep]
+    if len(sid) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(sid)) + 1
+    return np.split(idx.astype(np.int32), cuts)
+
+
+def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.random.Generator):
+    """Lay sessions (shuffled) end to end in `n_lanes` lanes; return arrays
+    items, reset, targets, weights of shape [n_windows * n_lanes, bptt] where rows
+    w * n_lanes + lane hold window w of each lane (feed in order, unshuffled)."""
+    seqs = [s for s in sequences if len(s) >= 2]
+    order = rng.permutation(len(seqs))
+    heap = [(0, lane) for lane in range(n_lanes)]
+    lane_of = np.empty(len(seqs), dtype=np.int64)
+    start_of = np.empty(len(seqs), dtype=np.int64)
+    for k in order:
+        used, lane = heapq.heappop(heap)
+        lane_of[k], start_of[k] = lane, used
+        heapq.heappush(heap, (used + len(seqs[k]) - 1, lane))
+    total = max(used for used, _ in heap) if heap else 0
+    n_windows = max(1, int(math.ceil(total / bptt)))
+    width = n_windows * bptt
+    items = np.zeros((n_lanes, width), dtype=np.int32)
+    targets = np.zeros((n_lanes, width), dtype=np.int32)
+    weights = np.zeros((n_lanes, width), dtype=np.float32)
+    reset = np.ones((n_lanes, width), dtype=np.float32)  # padding: harmless resets
+    if seqs:
+        steps = np.array([len(s) - 1 for s in seqs])
+        lane_rep = np.repeat(lane_of, steps)
+        first = np.repeat(start_of, steps)
+        offs = np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
+        pos = first + offs
+        items[lane_rep, pos] = np.concatenate([s[:-1] for s in seqs])
+        targets[lane_rep, pos] = np.concatenate([s[1:] for s in seqs])
+        weights[lane_rep, pos] = 1.0
+        reset[lane_rep, pos] = (offs == 0).astype(np.float32)
+    # [lanes, windows, bptt] -> [windows, lanes, bptt] -> rows
+    def arrange(a):
+        return a.reshape(n_lanes, n_windows, bptt).transpose(1, 0, 2).reshape(-1, bptt)
+
+    return arrange(items), arrange(reset), arrange(targets), arrange(weights)
+

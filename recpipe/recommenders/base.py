@@ -1,0 +1,154 @@
+"""The model interface: what every registered model provides, and what they share.
+
+A Recommender is a small object (one per model module, `RECOMMENDER`) that turns the
+stored data into a model and a model into top-k lists:
+
+    make_config(overrides, epochs) -> dict        full, validated config (unknown keys refused)
+    prepare(store, plan, inputs, config, train_until) -> data   training data from the store
+    fit(data, config, out_dir, verbose) -> Fitted  writes the model's files into out_dir
+    load(bundle, run, store) -> model              from a verified bundle (recpipe.artifacts)
+    recommend(model, store, history, user_ids, k) -> DataFrame[user_id, rank, movie_id, score]
+    extra_metrics(model, store, holdout) -> dict   model-specific figures (e.g. AUC)
+
+Users a model cannot serve (nothing to go on) are simply absent from `recommend`'s
+lists; `lists_with_fallback` gives them the baseline's list, marked `fallback`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from recpipe.config import Settings
+
+LIST_COLUMNS = ["user_id", "rank", "movie_id", "score"]
+PUBLISHED_COLUMNS = [*LIST_COLUMNS, "fallback"]
+
+
+@dataclass
+class Store:
+    """Read access to the stored data for one stage, each table read at most once."""
+
+    engine: Engine
+    settings: Settings
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _cached(self, key, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    def ratings(self, before: datetime | None = None, since: datetime | None = None) -> pd.DataFrame:
+        from recpipe.db import read_ratings
+
+        return self._cached(("ratings", before, since), lambda: read_ratings(self.engine, before=before, since=since))
+
+    def users(self) -> pd.DataFrame:
+        from recpipe.db import read_users
+
+        return self._cached("users", lambda: read_users(self.engine))
+
+    def movies(self) -> pd.DataFrame:
+        from recpipe.db import read_movies
+
+        return self._cached("movies", lambda: read_movies(self.engine))
+
+    def encoders(self, artifact_id: int):
+        from recpipe.features import load_encodings
+
+        return self._cached(("encoders", artifact_id), lambda: load_encodings(self.engine, self.settings, artifact_id))
+
+    def session_build(self, build_id: int) -> tuple[dict, dict[str, pd.DataFrame]]:
+        """(params, sets) of a stored session build."""
+        from recpipe.sessions import load_session_build
+
+        return self._cached(("sessions", build_id), lambda: load_session_build(self.engine, build_id))
+
+
+@dataclass
+class History:
+    """What the system knew before `as_of`: the ratings, and per-user seen movies."""
+
+    as_of: datetime
+    ratings: pd.DataFrame  # user_id, movie_id, rating, ts, line_no, rated_at
+    seen: dict[int, set[int]]
+
+    @classmethod
+    def load(cls, store: Store, as_of: datetime) -> "History":
+        ratings = store.ratings(before=as_of)
+        seen = {int(u): set(m.tolist()) for u, m in ratings.groupby("user_id")["movie_id"]}
+        return cls(as_of, ratings, seen)
+
+    @property
+    def users(self) -> np.ndarray:
+        return np.fromiter(sorted(self.seen), dtype=np.int64)
+
+
+@dataclass
+class Fitted:
+    """What `fit` reports: facts about the data and the fit (JSON-able)."""
+
+    data_stats: dict
+    training: dict
+    row_counts: dict = field(default_factory=dict)
+
+
+class Recommender(Protocol):
+    name: str
+
+    def make_config(self, overrides: Mapping[str, Any] | None, epochs: int | None) -> dict: ...
+
+    def prepare(self, store: Store, plan, inputs, config: dict, train_until: datetime) -> Any: ...
+
+    def fit(self, data: Any, config: dict, out_dir: Path, verbose: int) -> Fitted: ...
+
+    def load(self, bundle, run, store: Store) -> Any: ...
+
+    def recommend(self, model: Any, store: Store, history: History, user_ids: np.ndarray, k: int) -> pd.DataFrame: ...
+
+    def extra_metrics(self, model: Any, store: Store, holdout: pd.DataFrame) -> dict: ...
+
+
+def merge_config(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None, epochs: int | None,
+                 model: str, has_epochs: bool = True) -> dict:
+    """defaults + overrides (+ epochs); unknown keys refused with the model's name."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {model} config keys {unknown}; known: {sorted(defaults)}")
+    config = {**defaults, **overrides}
+    if epochs is not None and has_epochs:
+        config["epochs"] = int(epochs)
+    return config
+
+
+def empty_lists() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64"),
+                         "movie_id": pd.Series(dtype="int64"), "score": pd.Series(dtype="float64")})
+
+
+def lists_with_fallback(lists: pd.DataFrame, user_ids, fallback) -> pd.DataFrame:
+    """`lists` plus, for users it lacks, `fallback(missing_user_ids)`'s lists marked fallback."""
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    lists = lists.assign(fallback=False)
+    missing = np.setdiff1d(user_ids, lists["user_id"].unique())
+    if len(missing):
+        lists = pd.concat([lists, fallback(missing).assign(fallback=True)], ignore_index=True)
+    return lists.sort_values(["user_id", "rank"], kind="stable").reset_index(drop=True)[PUBLISHED_COLUMNS]
+
+
+def history_summary(history: dict, seconds: float) -> dict:
+    """A fit's scalar facts (epochs, best epoch, throughput) and its curves, JSON-able."""
+    def number(value):
+        value = float(value)
+        return value if np.isfinite(value) else None  # jsonb has no NaN
+
+    curves = {k: [number(x) for x in v] for k, v in history.items() if isinstance(v, (list, tuple))}
+    facts = {k: number(v) for k, v in history.items()
+             if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+    return {"seconds": round(seconds, 2), **facts, "curves": curves}
