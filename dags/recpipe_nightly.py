@@ -9,8 +9,8 @@ evaluate, gate, publish, notify.
 once, without retries. Every later task receives the plan through XCom. The Keras
 models train on the accelerator queue (RECPIPE_GPU_QUEUE, default "gpu"), each in a
 fresh process: TensorFlow/CUDA cannot be initialised again inside a forked worker.
-`notify` runs whatever happened upstream, so the gate's alerts are sent even when
-`publish` fails. XCom carries the plan, ids and figures only.
+`notify` is a teardown task: it runs whatever happened upstream, so the gate's alerts
+are sent even when `publish` fails, and the run still ends failed then. XCom carries the plan, ids and figures only.
 """
 from __future__ import annotations
 
@@ -142,7 +142,9 @@ def recpipe_nightly():
         for spec in registry.MODELS.values()
     ]
     decision = gate(night, evaluate(night, trained))
-    publish(night, decision) >> notify(night)
+    # A teardown: it runs whatever publish did, and the run's state stays publish's
+    # (a plain all_done leaf would turn a failed night green).
+    publish(night, decision) >> notify(night).as_teardown()
 
 
 recpipe_nightly()
