@@ -324,12 +324,31 @@ def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
         marks = np.where(repeat, np.where(identical, 1, 2), 0)
     else:
         marks = np.zeros(len(rows), np.int8)
-    staged = rows.assign(repeat=marks)
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_ratings (user_id integer, movie_id integer, rating smallint,"
         " ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
     )
-    _copy(conn, "stage_ratings", staged, ["user_id", "movie_id", "rating", "ts", "line_no", "repeat"])
+    _copy_binary(conn, "stage_ratings", [
+        ("user_id", ">i4", rows["user_id"]), ("movie_id", ">i4", rows["movie_id"]), ("rating", ">i2", rows["rating"]),
+        ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]), ("repeat", ">i2", marks)])
+
+
+def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]]) -> None:
+    """COPY integer columns in PostgreSQL's binary format, built by numpy in one pass
+    (several times faster than writing CSV text). Values fit their types: the parser
+    checked every range."""
+    layout = [("fields", ">i2")]
+    for name, dtype, _ in columns:
+        layout += [(f"{name}_len", ">i4"), (name, dtype)]
+    records = np.empty(len(columns[0][2]), dtype=layout)
+    records["fields"] = len(columns)
+    for name, dtype, values in columns:
+        records[f"{name}_len"] = np.dtype(dtype).itemsize
+        records[name] = np.asarray(values)
+    payload = b"PGCOPY\n\xff\r\n\x00" + bytes(8) + records.tobytes() + b"\xff\xff"
+    with raw_cursor(conn) as cur:
+        cur.copy_expert(f"COPY {table} ({', '.join(c[0] for c in columns)}) FROM STDIN WITH (FORMAT binary)",
+                        io.BytesIO(payload))
 
 
 # Above this many staged ratings, the foreign keys of `ratings` are dropped for the
