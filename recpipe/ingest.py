@@ -1,16 +1,27 @@
 """Ingest MovieLens files into Postgres for one interval of rating times, idempotently.
 
-One transaction per batch: users and movies are upserted from their files, then the
-ratings whose timestamp lies in [start, end) are COPYed into a staging table and
-classified in one set-based statement: inserted, duplicate (identical to a stored
-rating) or rejected with a reason. Every line read is accounted for:
-`lines_read = inserted + duplicate + rejected`.
+One transaction per batch, under the `ingest` row of pipeline_locks: users and movies
+are upserted from their files, then the ratings whose timestamp lies in [start, end)
+are COPYed into a staging table and classified in one set-based statement: inserted,
+duplicate (identical to a stored rating) or rejected with a reason. Every line read is
+accounted for, per file (ingest_batch_files) and for the batch's ratings
+(ingest_batches): `lines_read = inserted (stored) + duplicate + rejected`.
 
-A bad line whose timestamp cannot be read cannot be placed in an interval, so every
-batch that reads the file counts it as rejected (it is recorded once, in rejected_rows).
+Of several ratings of one (user, movie) with different values, the earliest (by time,
+then line) is kept, so consecutive intervals store exactly what one --all ingest does.
+
+Quarantine: every rejection of every batch is a rejected_sightings row (batch, file,
+line, reason); the line's exact bytes are in rejected_rows, written by the first batch
+that rejects those bytes at that line and pointed at by later batches while it is
+unresolved. When a later batch stores that line (same file, line number and bytes),
+the row gets resolved_by_batch. A ratings line whose timestamp cannot be read belongs
+to no interval: every batch that reads the file counts it as rejected (one sighting
+per batch, its bytes stored once), so each batch reconciles exactly and daily
+ingests never fail on it.
 """
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
@@ -25,10 +36,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recpipe import source
-from recpipe.db import copy_frame, raw_cursor
+from recpipe.db import raw_cursor
 
 log = logging.getLogger(__name__)
-INGEST_LOCK_KEY = 0x7265_6369  # "reci": advisory lock held by the ingest transaction
+INGEST_LOCK = "ingest"  # row of pipeline_locks held by the ingest transaction
+LOCK_TIMEOUT_S = 300.0  # wait for a running ingest at most this long, then fail naming it
+# Dropping the ratings FKs needs an exclusive lock that any open reader transaction
+# blocks: wait this long at most, then insert with the FKs in place (slower, never stuck).
+BULK_DDL_LOCK_TIMEOUT_S = 5.0
+
+
+class LockTimeout(RuntimeError):
+    """A pipeline lock held by another session beyond the timeout."""
 
 
 @dataclass
@@ -45,6 +64,9 @@ class BatchReport:
     users_changed: int = 0
     movies_changed: int = 0
     seconds: float = 0.0
+    # Per file: lines_read, stored, duplicate, rejected, reasons (users/movies: every
+    # batch reads the whole file; ratings: the lines of this interval).
+    files: dict[str, dict] = field(default_factory=dict)
 
     @property
     def reconciles(self) -> bool:
@@ -82,15 +104,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-def _timestamp_of(raw_line: str) -> int | None:
-    """The Unix time of a rejected ratings line, when its last field is one."""
-    fields = raw_line.split("::")
-    if len(fields) == 4 and fields[3].strip().isdigit():
-        value = int(fields[3])
-        return value if source.MIN_TIMESTAMP <= value < source.MAX_TIMESTAMP else None
-    return None
-
-
 def _progress(total: int, enabled: bool | None):
     from tqdm import tqdm
 
@@ -113,6 +126,7 @@ def ingest(
     if start is not None and end is not None and start >= end:
         raise ValueError(f"empty interval: start {start} is not before end {end}")
     with _progress(6, progress) as bar:
+        # All three files are parsed (and a whole-file refusal raised) before any write.
         users = source.parse_users(source_dir / source.USERS_FILE)
         movies = source.parse_movies(source_dir / source.MOVIES_FILE)
         ratings = source.parse_ratings(source_dir / source.RATINGS_FILE)
@@ -121,15 +135,15 @@ def ingest(
         lo = -np.inf if start is None else start.timestamp()
         hi = np.inf if end is None else end.timestamp()
         rows = ratings.rows
-        rows = rows[(rows["ts"] >= lo) & (rows["ts"] < hi)]
+        rows = rows[((rows["ts"] >= lo) & (rows["ts"] < hi)).to_numpy()]
         bad = ratings.rejected
-        bad_ts = bad["raw_line"].map(_timestamp_of)
+        bad_ts = bad["ts"].astype("float64")  # NA (no readable timestamp) -> NaN
         in_interval = bad_ts.isna() | ((bad_ts >= lo) & (bad_ts < hi))
         bad = bad[in_interval.to_numpy(bool)]
 
         with engine.begin() as conn:
             # One ingest at a time: concurrent batches would race on the same keys.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": INGEST_LOCK_KEY})
+            _take_lock(conn, INGEST_LOCK)
             batch_id = conn.execute(
                 sa.text(
                     "INSERT INTO ingest_batches (source, interval_start, interval_end, input_sha256)"
@@ -137,18 +151,26 @@ def ingest(
                 ),
                 {"source": str(source_dir), "start": start, "end": end, "sha": ratings.sha256},
             ).scalar_one()
+            files: dict[str, dict] = {}
             users_changed = _upsert_users(conn, users.rows)
             movies_changed = _upsert_movies(conn, movies.rows)
-            for name, parsed in ((source.USERS_FILE, users), (source.MOVIES_FILE, movies)):
-                _record_rejected(conn, batch_id, name, parsed.rejected)
+            for name, parsed, changed in ((source.USERS_FILE, users, users_changed),
+                                          (source.MOVIES_FILE, movies, movies_changed)):
+                files[name] = _file_counts(
+                    parsed.lines_read, changed, len(parsed.rows) - changed + parsed.duplicate, parsed.rejected)
+                _quarantine(conn, batch_id, name, parsed, parsed.rejected, parsed.rows["line_no"].to_numpy())
             bar.update(1)
             _stage_ratings(conn, rows)
             bar.update(1)
             outcome = _classify_and_insert(conn, batch_id, len(rows))
             bar.update(2)
-            _record_rejected(conn, batch_id, source.RATINGS_FILE, bad)
-            reasons = Counter(dict(outcome["rejected"]))
-            reasons.update(bad["reason"].value_counts().to_dict())
+            db_rejected = pd.DataFrame(outcome["rejected_lines"], columns=["line_no", "reason"])
+            db_rejected["raw_bytes"] = [ratings.line_bytes(n) for n in db_rejected["line_no"]]
+            db_rejected["raw_line"] = [source.raw_text(b, "ascii") for b in db_rejected["raw_bytes"]]
+            all_rejected = pd.concat([bad, db_rejected], ignore_index=True)
+            stored_lines = np.setdiff1d(rows["line_no"].to_numpy(), db_rejected["line_no"].to_numpy())
+            _quarantine(conn, batch_id, source.RATINGS_FILE, ratings, all_rejected, stored_lines)
+            reasons = Counter(all_rejected["reason"].tolist())
             report = BatchReport(
                 batch_id=batch_id,
                 source=str(source_dir),
@@ -162,8 +184,21 @@ def ingest(
                 users_changed=users_changed,
                 movies_changed=movies_changed,
             )
+            files[source.RATINGS_FILE] = _file_counts(report.lines_read, report.inserted, report.duplicate,
+                                                      all_rejected)
+            report.files = files
             if not report.reconciles:  # would be a bug here, never bad input
                 raise RuntimeError(f"ingest does not reconcile: {report.summary()}")
+            encodings = {source.USERS_FILE: users, source.MOVIES_FILE: movies, source.RATINGS_FILE: ratings}
+            conn.execute(
+                sa.text(
+                    "INSERT INTO ingest_batch_files (batch_id, source_file, input_sha256, encoding, lines_read,"
+                    " stored, duplicate, rejected) VALUES (:id, :file, :sha, :enc, :read, :stored, :dup, :rej)"
+                ),
+                [{"id": batch_id, "file": name, "sha": encodings[name].sha256, "enc": encodings[name].encoding,
+                  "read": c["lines_read"], "stored": c["stored"], "dup": c["duplicate"], "rej": c["rejected"]}
+                 for name, c in files.items()],
+            )
             conn.execute(
                 sa.text(
                     "UPDATE ingest_batches SET lines_read = :read, inserted = :ins, duplicate = :dup,"
@@ -178,12 +213,77 @@ def ingest(
     return report
 
 
+def _file_counts(lines_read: int, stored: int, duplicate: int, rejected: pd.DataFrame) -> dict:
+    counts = {"lines_read": lines_read, "stored": stored, "duplicate": duplicate, "rejected": len(rejected),
+              "reasons": dict(Counter(rejected["reason"].tolist()))}
+    if lines_read != stored + duplicate + len(rejected):  # a bug, never bad input
+        raise RuntimeError(f"file counts do not reconcile: {counts}")
+    return counts
+
+
+def _take_lock(conn: sa.Connection, name: str, timeout_s: float | None = None) -> None:
+    """Lock the row `name` of pipeline_locks until the transaction ends.
+
+    Unlike an advisory lock, this needs UPDATE on pipeline_locks, which the analysts'
+    role lacks: a reader session cannot stall the pipeline. Waits at most timeout_s
+    (default LOCK_TIMEOUT_S), then raises LockTimeout naming the session holding it.
+    """
+    timeout_ms = max(1, int(1000 * (LOCK_TIMEOUT_S if timeout_s is None else timeout_s)))
+    previous = conn.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar_one()
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
+    # No savepoint: the row's xmax must be the top-level transaction id, which
+    # pg_stat_activity shows, so that a waiting session can name the holder.
+    try:
+        conn.execute(sa.text("INSERT INTO pipeline_locks (name) VALUES (:n) ON CONFLICT DO NOTHING"), {"n": name})
+        conn.execute(sa.text("SELECT 1 FROM pipeline_locks WHERE name = :n FOR UPDATE"), {"n": name})
+    except sa.exc.OperationalError as exc:
+        if getattr(exc.orig, "pgcode", None) != "55P03":  # lock_not_available
+            raise
+        raise LockTimeout(
+            f"pipeline lock {name!r} not free after {timeout_ms / 1000:g}s: held by {_lock_holder(conn.engine, name)}"
+        ) from None
+    conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": previous})
+
+
+def _lock_holder(engine: Engine, name: str) -> str:
+    # The locked row's xmax is the holder's transaction id. Asked from another session:
+    # the caller's transaction is aborted by the timeout.
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT a.pid, a.usename, a.application_name, a.client_addr, a.state, a.xact_start,"
+                " left(a.query, 200) AS query"
+                " FROM pipeline_locks l JOIN pg_stat_activity a ON a.backend_xid = l.xmax"
+                " WHERE l.name = :n LIMIT 1"
+            ),
+            {"n": name},
+        ).first()
+    if row is None:
+        return "a session that has since let go (try again)"
+    return (f"pid {row.pid} (user {row.usename}, application {row.application_name!r}, client {row.client_addr},"
+            f" {row.state}, transaction since {row.xact_start}, last query {row.query!r})")
+
+
+def _copy(conn: sa.Connection, table: str, frame: pd.DataFrame, columns: list[str],
+          text_columns: tuple[str, ...] = ()) -> None:
+    """COPY a DataFrame as CSV. Text columns never read as NULL: a title or zip code
+    that is literally \\N stays text."""
+    buf = io.StringIO()
+    frame[columns].to_csv(buf, header=False, index=False, na_rep="\\N")
+    buf.seek(0)
+    options = "FORMAT csv, NULL '\\N'" + (f", FORCE_NOT_NULL ({', '.join(text_columns)})" if text_columns else "")
+    with raw_cursor(conn) as cur:
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH ({options})", buf)
+
+
+_USER_COLUMNS = ["user_id", "gender", "age", "occupation", "zip"]
+
+
 def _upsert_users(conn: sa.Connection, users: pd.DataFrame) -> int:
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_users (LIKE users INCLUDING DEFAULTS) ON COMMIT DROP"
     )
-    copy_frame(conn, "stage_users", users.drop_duplicates("user_id", keep="last"),
-               ["user_id", "gender", "age", "occupation", "zip"])
+    _copy(conn, "stage_users", users, _USER_COLUMNS, ("gender", "zip"))  # one row per id (parser)
     # Only rows that really change are written: a re-run touches nothing.
     return conn.exec_driver_sql(
         "INSERT INTO users SELECT * FROM stage_users ON CONFLICT (user_id) DO UPDATE"
@@ -198,10 +298,10 @@ def _pg_array(values: list[str]) -> str:
 
 
 def _upsert_movies(conn: sa.Connection, movies: pd.DataFrame) -> int:
-    frame = movies.drop_duplicates("movie_id", keep="last").copy()
+    frame = movies.copy()
     frame["genres"] = frame["genres"].map(_pg_array)
     conn.exec_driver_sql("CREATE TEMP TABLE stage_movies (LIKE movies INCLUDING DEFAULTS) ON COMMIT DROP")
-    copy_frame(conn, "stage_movies", frame, ["movie_id", "title", "year", "genres"])
+    _copy(conn, "stage_movies", frame, ["movie_id", "title", "year", "genres"], ("title", "genres"))
     return conn.exec_driver_sql(
         "INSERT INTO movies SELECT * FROM stage_movies ON CONFLICT (movie_id) DO UPDATE"
         " SET title = EXCLUDED.title, year = EXCLUDED.year, genres = EXCLUDED.genres"
@@ -211,18 +311,44 @@ def _upsert_movies(conn: sa.Connection, movies: pd.DataFrame) -> int:
 
 
 def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
-    """COPY the parsed rows into a temp table, each marked against earlier lines of the
-    same (user, movie) in this input: 0 first, 1 identical repeat, 2 differing repeat."""
-    rows = rows.sort_values("line_no", kind="stable")
-    key = ["user_id", "movie_id"]
-    repeat = rows.duplicated(key, keep="first").to_numpy()
-    identical = rows.duplicated(key + ["rating", "ts"], keep="first").to_numpy()
-    staged = rows.assign(repeat=np.where(repeat, np.where(identical, 1, 2), 0))
+    """COPY the parsed rows into a temp table, each marked against earlier ratings of the
+    same (user, movie) in this input, in (time, line) order: 0 first, 1 identical
+    repeat, 2 differing repeat. Time order makes intervals agree with --all."""
+    key = pd.Series((rows["user_id"].to_numpy() << 31) | rows["movie_id"].to_numpy(), index=rows.index)
+    repeat = key.duplicated(keep="first").to_numpy()
+    if repeat.any():  # rare: order by time only when some key repeats
+        rows = rows.sort_values(["ts", "line_no"], kind="stable")
+        key = key.loc[rows.index]
+        repeat = key.duplicated(keep="first").to_numpy()
+        identical = pd.DataFrame({"k": key, "r": rows["rating"], "t": rows["ts"]}).duplicated(keep="first").to_numpy()
+        marks = np.where(repeat, np.where(identical, 1, 2), 0)
+    else:
+        marks = np.zeros(len(rows), np.int8)
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_ratings (user_id integer, movie_id integer, rating smallint,"
         " ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
     )
-    copy_frame(conn, "stage_ratings", staged, ["user_id", "movie_id", "rating", "ts", "line_no", "repeat"])
+    _copy_binary(conn, "stage_ratings", [
+        ("user_id", ">i4", rows["user_id"]), ("movie_id", ">i4", rows["movie_id"]), ("rating", ">i2", rows["rating"]),
+        ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]), ("repeat", ">i2", marks)])
+
+
+def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]]) -> None:
+    """COPY integer columns in PostgreSQL's binary format, built by numpy in one pass
+    (several times faster than writing CSV text). Values fit their types: the parser
+    checked every range."""
+    layout = [("fields", ">i2")]
+    for name, dtype, _ in columns:
+        layout += [(f"{name}_len", ">i4"), (name, dtype)]
+    records = np.empty(len(columns[0][2]), dtype=layout)
+    records["fields"] = len(columns)
+    for name, dtype, values in columns:
+        records[f"{name}_len"] = np.dtype(dtype).itemsize
+        records[name] = np.asarray(values)
+    payload = b"PGCOPY\n\xff\r\n\x00" + bytes(8) + records.tobytes() + b"\xff\xff"
+    with raw_cursor(conn) as cur:
+        cur.copy_expert(f"COPY {table} ({', '.join(c[0] for c in columns)}) FROM STDIN WITH (FORMAT binary)",
+                        io.BytesIO(payload))
 
 
 # Above this many staged ratings, the foreign keys of `ratings` are dropped for the
@@ -235,7 +361,8 @@ _RATINGS_FKS = {
     "ratings_batch_id_fkey": "FOREIGN KEY (batch_id) REFERENCES ingest_batches",
 }
 
-# One statement decides each staged row's fate and writes inserts and rejections.
+# One statement decides each staged row's fate and writes the inserts; the rejected
+# lines come back (line numbers by reason) to be quarantined with their bytes.
 _CLASSIFY_AND_WRITE = """
 WITH classified AS MATERIALIZED (
     SELECT s.user_id, s.movie_id, s.rating, to_timestamp(s.ts) AS rated_at, s.line_no,
@@ -259,51 +386,104 @@ WITH classified AS MATERIALIZED (
     WHERE outcome = 'insert'
     ORDER BY user_id, movie_id  -- primary-key order: sequential index inserts
     RETURNING 1
-), rejected AS (
-    INSERT INTO rejected_rows (source_file, line_no, batch_id, raw_line, reason)
-    SELECT %(file)s, line_no, %(batch)s,
-           concat_ws('::', user_id, movie_id, rating, extract(epoch FROM rated_at)::bigint), outcome
-    FROM classified WHERE outcome NOT IN ('insert', 'duplicate')
-    ON CONFLICT (source_file, line_no) DO NOTHING
-    RETURNING 1
 )
-SELECT outcome, count(*) FROM classified GROUP BY outcome
-UNION ALL SELECT 'rows_inserted', count(*) FROM inserted
+SELECT outcome, count(*), array_agg(line_no) FILTER (WHERE outcome NOT IN ('insert', 'duplicate'))
+FROM classified GROUP BY outcome
+UNION ALL SELECT 'rows_inserted', count(*), NULL FROM inserted
 """
 
 
 def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int) -> dict:
-    bulk = staged_rows > BULK_INSERT_ROWS
-    if bulk:
-        conn.exec_driver_sql(
-            "ALTER TABLE ratings " + ", ".join(f"DROP CONSTRAINT {name}" for name in _RATINGS_FKS)
-        )
+    bulk = staged_rows > BULK_INSERT_ROWS and _drop_ratings_fks(conn)
     with raw_cursor(conn) as cur:
-        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id, "file": source.RATINGS_FILE})
-        counts = dict(cur.fetchall())
+        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id})
+        result = {outcome: (n, lines or []) for outcome, n, lines in cur.fetchall()}
     if bulk:
         conn.exec_driver_sql(
             "ALTER TABLE ratings " + ", ".join(f"ADD CONSTRAINT {n} {d}" for n, d in _RATINGS_FKS.items())
         )
-    inserted = counts.pop("rows_inserted")
-    if inserted != counts.pop("insert", 0):
+    inserted = result.pop("rows_inserted")[0]
+    if inserted != result.pop("insert", (0, []))[0]:
         raise RuntimeError("ratings changed under the ingest despite its lock")
+    duplicate = result.pop("duplicate", (0, []))[0]
     return {
         "inserted": inserted,
-        "duplicate": counts.pop("duplicate", 0),
-        "rejected": list(counts.items()),
+        "duplicate": duplicate,
+        "rejected_lines": [(line, reason) for reason, (_, lines) in result.items() for line in lines],
     }
 
 
-def _record_rejected(conn: sa.Connection, batch_id: int, file_name: str, rejected: pd.DataFrame) -> None:
+def _drop_ratings_fks(conn: sa.Connection) -> bool:
+    """Drop the ratings FKs for a bulk insert, unless their exclusive lock is not granted
+    within BULK_DDL_LOCK_TIMEOUT_S (an analyst's open transaction on a view over
+    ratings holds a conflicting lock): then False, and the insert keeps its FKs."""
+    previous = conn.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar_one()
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(BULK_DDL_LOCK_TIMEOUT_S * 1000))}")
+        conn.exec_driver_sql(
+            "ALTER TABLE ratings " + ", ".join(f"DROP CONSTRAINT {name}" for name in _RATINGS_FKS)
+        )
+    except sa.exc.OperationalError as exc:
+        if getattr(exc.orig, "pgcode", None) != "55P03":
+            raise
+        savepoint.rollback()
+        log.warning("ratings is locked by another session: inserting with foreign keys in place (slower)")
+        return False
+    savepoint.commit()
+    conn.execute(sa.text("SELECT set_config('lock_timeout', :v, true)"), {"v": previous})
+    return True
+
+
+def _quarantine(conn: sa.Connection, batch_id: int, file_name: str, parsed: source.Parsed,
+                rejected: pd.DataFrame, stored_lines: np.ndarray) -> None:
+    """Record this batch's rejected lines of one file and resolve the older ones it stored.
+
+    A rejected line whose bytes already sit unresolved in rejected_rows at the same
+    line is not copied again: its sighting points at that row.
+    """
+    open_rows = conn.execute(
+        sa.text("SELECT batch_id, line_no, raw_bytes FROM rejected_rows"
+                " WHERE source_file = :f AND resolved_by_batch IS NULL"),
+        {"f": file_name},
+    ).all()
+    open_by_line: dict[int, list[tuple[int, bytes]]] = {}
+    for b, line_no, raw in open_rows:
+        open_by_line.setdefault(line_no, []).append((b, bytes(raw)))
+
+    resolved = []
+    if open_by_line:
+        candidates = np.intersect1d(stored_lines, np.fromiter(open_by_line, np.int64))
+        for line_no in candidates.tolist():
+            now = parsed.line_bytes(line_no)
+            resolved += [(b, line_no) for b, raw in open_by_line[line_no] if raw == now]
+    if resolved:
+        conn.execute(
+            sa.text("UPDATE rejected_rows SET resolved_by_batch = :batch"
+                    " WHERE batch_id = :b AND source_file = :f AND line_no = :n"),
+            [{"batch": batch_id, "b": b, "f": file_name, "n": n} for b, n in resolved],
+        )
     if rejected.empty:
         return
-    frame = rejected.assign(batch_id=batch_id, source_file=file_name)
+
+    recorded = []
+    for line_no, raw in zip(rejected["line_no"].tolist(), rejected["raw_bytes"].tolist()):
+        recorded.append(next((b for b, old in open_by_line.get(line_no, ()) if old == raw), batch_id))
+    frame = rejected.assign(batch_id=batch_id, source_file=file_name, recorded_batch=recorded)
+    new = frame[frame["recorded_batch"] == batch_id].copy()
+    if not new.empty:
+        new["raw_bytes"] = ["\\x" + raw.hex() for raw in new["raw_bytes"]]  # bytea hex input
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE IF NOT EXISTS stage_rejected (LIKE rejected_rows INCLUDING DEFAULTS) ON COMMIT DROP"
+        )
+        conn.exec_driver_sql("TRUNCATE stage_rejected")
+        _copy(conn, "stage_rejected", new, ["source_file", "line_no", "batch_id", "raw_line", "raw_bytes", "reason"],
+              ("raw_line", "reason"))
+        conn.exec_driver_sql("INSERT INTO rejected_rows SELECT * FROM stage_rejected")
     conn.exec_driver_sql(
-        "CREATE TEMP TABLE IF NOT EXISTS stage_rejected (LIKE rejected_rows INCLUDING DEFAULTS) ON COMMIT DROP"
+        "CREATE TEMP TABLE IF NOT EXISTS stage_sightings (LIKE rejected_sightings) ON COMMIT DROP"
     )
-    conn.exec_driver_sql("TRUNCATE stage_rejected")
-    copy_frame(conn, "stage_rejected", frame, ["source_file", "line_no", "batch_id", "raw_line", "reason"])
-    conn.exec_driver_sql(
-        "INSERT INTO rejected_rows SELECT * FROM stage_rejected ON CONFLICT (source_file, line_no) DO NOTHING"
-    )
+    conn.exec_driver_sql("TRUNCATE stage_sightings")
+    _copy(conn, "stage_sightings", frame, ["batch_id", "source_file", "line_no", "reason", "recorded_batch"],
+          ("reason",))
+    conn.exec_driver_sql("INSERT INTO rejected_sightings SELECT * FROM stage_sightings")

@@ -210,3 +210,128 @@ def test_full_movielens_ingest(engine, ml1m_dir):
     assert (full.inserted, full.rejected) == (1_000_209, 0)
     assert digest(engine) == by_interval
     assert ingest(engine, ml1m_dir).inserted == 0
+
+
+# --- issue #10: one bad line never makes a file un-ingestable; the quarantine loses nothing ---
+
+from datetime import timedelta  # noqa: E402
+
+from recpipe.source import SourceError  # noqa: E402
+
+
+def _with_extra(synthetic_dir, dest, **extra: bytes):
+    """A copy of the generated data with bytes appended to some files."""
+    shutil.copytree(synthetic_dir, dest)
+    for name, data in extra.items():
+        path = dest / f"{name}.dat"
+        path.write_bytes(path.read_bytes() + data)
+    return dest
+
+
+def quarantine(engine, batch_id=None):
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT source_file, line_no, reason, raw_bytes, resolved_by_batch FROM rejected_rows"
+            " WHERE :b IS NULL OR batch_id = :b ORDER BY source_file, line_no, batch_id"), {"b": batch_id}).all()
+
+
+def test_hostile_lines_are_quarantined_byte_for_byte(engine, synthetic_dir, tmp_path):
+    ratings = [b"99999999999999999999::1::5::978300760", b"2147483648::1::5::978300760",
+               b"1::2::5::" + b"9" * 5000, b"1::3::5::978300760\x00", b"\x00"]
+    users = [b"99999999999999999999::M::1::1::1", b"7\x00::M::1::1::1"]
+    movies = [b"4294967296::X (1990)::Drama", b"\x00::\x00::\x00"]
+    dest = _with_extra(synthetic_dir, tmp_path / "hostile", ratings=b"\n".join(ratings) + b"\n",
+                       users=b"\n".join(users) + b"\n", movies=b"\n".join(movies) + b"\n")
+    report = ingest(engine, dest)  # main: OverflowError / ValueError / COPY fails on 0x00
+    assert report.reconciles and report.rejected == len(ratings)
+    assert report.reasons == {"id_out_of_range": 2, "bad_timestamp": 1, "control_chars": 2}
+    for name, lines in (("ratings.dat", ratings), ("users.dat", users), ("movies.dat", movies)):
+        counts = report.files[name]
+        assert counts["lines_read"] == counts["stored"] + counts["duplicate"] + counts["rejected"]
+        stored = [bytes(r.raw_bytes) for r in quarantine(engine) if r.source_file == name]
+        assert stored == lines, name
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM ratings WHERE user_id > 120").scalar_one() == 0
+
+
+def test_a_line_without_timestamp_does_not_break_daily_ingests(engine, synthetic_dir, tmp_path):
+    dest = _with_extra(synthetic_dir, tmp_path / "nul", ratings=b"1::1::\x00\n")
+    day = datetime(2000, 6, 1, tzinfo=UTC)
+    reports = [ingest(engine, dest, day + timedelta(days=i), day + timedelta(days=i + 1)) for i in range(5)]
+    assert all(r.reconciles and r.reasons.get("control_chars") == 1 for r in reports)
+    with engine.connect() as conn:
+        # Its bytes are stored once; each batch that read it has its sighting.
+        assert conn.exec_driver_sql("SELECT count(*) FROM rejected_rows").scalar_one() == 1
+        sightings = conn.exec_driver_sql(
+            "SELECT b.batch_id, b.rejected, count(s.line_no) FROM ingest_batches b"
+            " LEFT JOIN rejected_sightings s ON s.batch_id = b.batch_id AND s.source_file = 'ratings.dat'"
+            " GROUP BY b.batch_id ORDER BY b.batch_id").all()
+    assert [(r[1], r[2]) for r in sightings] == [(r.rejected, r.rejected) for r in reports]
+
+
+def test_a_different_bad_line_at_the_same_place_is_recorded(engine, synthetic_dir, tmp_path):
+    first = _with_extra(synthetic_dir, tmp_path / "a", ratings=b"bad line one\n")
+    second = _with_extra(synthetic_dir, tmp_path / "b", ratings=b"bad line two\n")
+    one, two = ingest(engine, first), ingest(engine, second)
+    rows = quarantine(engine)
+    assert [bytes(r.raw_bytes) for r in rows] == [b"bad line one", b"bad line two"]  # main: only the first
+    assert [r.line_no for r in rows] == [rows[0].line_no] * 2
+    assert one.rejected == two.rejected == 1
+
+
+def test_stale_rejects_are_resolved_when_a_later_batch_stores_the_line(engine, synthetic_dir, tmp_path):
+    empty_users = tmp_path / "empty-users"
+    shutil.copytree(synthetic_dir, empty_users)
+    (empty_users / "users.dat").write_bytes(b"")
+    first = ingest(engine, empty_users)
+    assert first.inserted == 0 and first.reasons == {"unknown_user": first.lines_read}
+    second = ingest(engine, synthetic_dir)
+    assert second.inserted == first.lines_read
+    with engine.connect() as conn:
+        open_rows, resolved_by = conn.exec_driver_sql(
+            "SELECT count(*) FILTER (WHERE resolved_by_batch IS NULL), array_agg(DISTINCT resolved_by_batch)"
+            " FROM rejected_rows").one()
+    assert open_rows == 0 and resolved_by == [second.batch_id]  # main: all still there, unmarked
+
+
+def test_utf8_movies_file_neither_mojibake_nor_overwrites(engine, synthetic_dir, tmp_path):
+    latin1 = tmp_path / "latin1"
+    shutil.copytree(synthetic_dir, latin1)
+    movies = (latin1 / "movies.dat").read_bytes().decode("latin-1").replace("Movie 1 (", "Café 1 (")
+    (latin1 / "movies.dat").write_bytes(movies.encode("latin-1"))
+    utf8 = tmp_path / "utf8"
+    shutil.copytree(latin1, utf8)
+    (utf8 / "movies.dat").write_bytes(movies.encode("utf-8"))
+    ingest(engine, latin1)
+    report = ingest(engine, utf8)
+    assert report.movies_changed == 0 and report.files["movies.dat"]["rejected"] == 0
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT title FROM movies WHERE movie_id = 1").scalar_one().startswith("Café 1 (")
+        assert conn.exec_driver_sql(
+            "SELECT encoding FROM ingest_batch_files WHERE batch_id = %s AND source_file = 'movies.dat'",
+            (report.batch_id,)).scalar_one() == "utf-8"
+
+
+def test_utf16_file_is_refused_before_anything_is_written(engine, synthetic_dir, tmp_path):
+    dest = tmp_path / "utf16"
+    shutil.copytree(synthetic_dir, dest)
+    (dest / "users.dat").write_bytes((synthetic_dir / "users.dat").read_text("latin-1").encode("utf-16"))
+    with pytest.raises(SourceError, match="users.dat is UTF-16"):
+        ingest(engine, dest)
+    for table in ("users", "movies", "ratings", "ingest_batches", "rejected_rows"):
+        assert count(engine, table) == 0, table
+
+
+def test_duplicate_ids_keep_the_first_line(engine, synthetic_dir, tmp_path):
+    dest = _with_extra(synthetic_dir, tmp_path / "dups", users=b"1::F::56::1::99999\n1::M::1::0::10000\n",
+                       movies=b"1::Other Title (1999)::Comedy\n")
+    first_user = (synthetic_dir / "users.dat").read_bytes().splitlines()[0]
+    report = ingest(engine, dest)
+    assert report.files["users.dat"]["reasons"] == {"duplicate_id_in_file": 1}
+    assert report.files["users.dat"]["duplicate"] == 1  # the exact repeat of line 1
+    assert report.files["movies.dat"]["reasons"] == {"duplicate_id_in_file": 1}
+    with engine.connect() as conn:
+        user = conn.exec_driver_sql("SELECT user_id, gender, age, occupation, zip FROM users WHERE user_id = 1").one()
+        title = conn.exec_driver_sql("SELECT title FROM movies WHERE movie_id = 1").scalar_one()
+    assert "::".join(map(str, user)).encode() == first_user
+    assert title.startswith("Movie 1 (")
