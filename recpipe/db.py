@@ -18,6 +18,7 @@ MIGRATIONS_DIR = SQL_DIR / "migrations"
 STATEMENTS_DIR = SQL_DIR / "pipeline"
 # Arbitrary constant: the advisory lock that serialises concurrent `db upgrade`s.
 MIGRATION_LOCK_KEY = 0x7265_6370  # "recp"
+MIGRATION_LOCK_TIMEOUT_MS = 300_000
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 
@@ -108,7 +109,11 @@ def upgrade(engine: Engine, directory: Path = MIGRATIONS_DIR) -> list[str]:
         sql = path.read_text()
         digest = hashlib.sha256(sql.encode()).hexdigest()
         with engine.begin() as conn:
+            # Bounded: a session holding the key (any role can take advisory keys) makes
+            # the upgrade fail with a clear error instead of waiting forever.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_TIMEOUT_MS}")
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
             conn.execute(
                 sa.text(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("

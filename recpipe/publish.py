@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from recpipe import runs
 from recpipe.db import copy_frame, statement
+from recpipe.locks import take_lock
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,7 @@ def publish_top_k(engine: Engine, run_id: int, lists: pd.DataFrame, retention: t
             state = "a dry run" if run.dry_run else run.status
             raise NotPromotedError(f"{run.model} run {run_id} is {state}, not promoted: not published")
         # Serialise publishers of the same model: the pointer update below reads then writes.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('recpipe.publish.' || :m))"),
-                     {"m": run.model})
+        take_lock(conn, f"publish.{run.model}")
         conn.execute(sa.text("DELETE FROM recommendations WHERE run_id = :r"), {"r": run_id})
         copy_frame(conn, "recommendations", lists.assign(run_id=run_id),
                    ["run_id", "user_id", "rank", "movie_id", "score", "fallback"])

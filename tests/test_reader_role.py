@@ -7,7 +7,9 @@ import pytest
 import sqlalchemy as sa
 
 from recpipe import ingest as ingest_mod
-from recpipe.ingest import LockTimeout, ingest
+from recpipe.ingest import ingest
+from recpipe import locks
+from recpipe.locks import LockTimeout
 
 
 @pytest.fixture
@@ -53,13 +55,13 @@ def test_reader_holding_locks_does_not_stall_an_ingest(engine, synthetic_dir, da
 
 
 def test_lock_timeout_names_the_holder(engine, monkeypatch):
-    monkeypatch.setattr(ingest_mod, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(locks, "LOCK_TIMEOUT_S", 0.3)
     taken, release = threading.Event(), threading.Event()
 
     def hold():
         with engine.begin() as conn:
             conn.exec_driver_sql("SET application_name = 'holder-under-test'")
-            ingest_mod._take_lock(conn, "ingest")
+            locks.take_lock(conn, "ingest")
             taken.set()
             release.wait(30)
 
@@ -69,9 +71,9 @@ def test_lock_timeout_names_the_holder(engine, monkeypatch):
         assert taken.wait(30)
         with engine.begin() as conn:
             with pytest.raises(LockTimeout, match=r"'ingest' not free after 0.3s: held by pid \d+ .*holder-under-test"):
-                ingest_mod._take_lock(conn, "ingest")
+                locks.take_lock(conn, "ingest")
     finally:
         release.set()
         holder.join()
     with engine.begin() as conn:  # free again once the holder ends
-        ingest_mod._take_lock(conn, "ingest")
+        locks.take_lock(conn, "ingest")
