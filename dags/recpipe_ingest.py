@@ -30,13 +30,19 @@ RATINGS_ASSET = Asset(name="recpipe_ratings", uri="postgres://recpipe-db:5432/re
 def recpipe_ingest():
     @task(outlets=[RATINGS_ASSET])
     def ingest() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from recpipe import pipeline
+        from recpipe.source import SourceError
 
         context = get_current_context()
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is not None and end is not None and start == end:
-            raise ValueError(f"zero-length data interval {start}: use a data-interval timetable")
-        return pipeline.ingest_interval(settings(), start, end)
+            raise AirflowFailException(f"zero-length data interval {start}: use a data-interval timetable")
+        try:
+            return pipeline.ingest_interval(settings(), start, end)
+        except SourceError as exc:
+            raise AirflowFailException(str(exc)) from exc  # a missing or refused file: retrying cannot help
 
     ingest()
 

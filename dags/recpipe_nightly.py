@@ -41,7 +41,12 @@ MODEL_PARAMS = {
         "epochs": Param(None, type=["null", "integer"], minimum=1,
                         description="Epochs for every trained model (null: each model's configured default)."),
         **MODEL_PARAMS,
-        "gate_overrides": Param({}, type="object",
+        "gate_overrides": Param({}, type="object", additionalProperties=False, properties={
+                                    "tolerance": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "must_beat_baseline": {"type": "boolean"},
+                                    "compare_metric": {"type": "string"},
+                                    "min_test_users": {"type": "integer", "minimum": 0},
+                                    "floors": {"type": "object"}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "dry_run": Param(False, type="boolean",
@@ -98,7 +103,14 @@ def recpipe_nightly():
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
-        result = pipeline.evaluate(settings(), NightPlan.from_dict(night), [t["run_id"] for t in trained])
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from recpipe.evaluation.production import NoTestUsers
+
+        try:
+            result = pipeline.evaluate(settings(), NightPlan.from_dict(night), [t["run_id"] for t in trained])
+        except NoTestUsers as exc:
+            raise AirflowFailException(str(exc)) from exc  # the data decides: retrying cannot help
         return {"run_ids": result["run_ids"]}
 
     @task

@@ -525,3 +525,16 @@ def test_a_task_without_its_database_fails_instead_of_using_a_throwaway_one(airf
     assert proc.returncode != 0
     assert "recpipe_db" in output
     assert not (home / "pgdata").exists()
+
+
+@pytest.mark.parametrize("conf", [{"gate_overrides": {"tolerence": 0.2}}, {"autoint_overrides": {"embed_dimm": 4}}])
+def test_bad_trigger_parameters_fail_at_once_without_training(airflow_home, engine, settings, conf):
+    """Refused by the params' JSON schema or by the plan task (no retries), never after training."""
+    env = {**_recpipe_env(settings), "RECPIPE_TASK_RETRIES": "2"}
+    proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf", json.dumps(conf),
+                                env=env, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 or "failed" in output.lower()
+    assert proc.elapsed < 120, f"took {proc.elapsed:.0f}s: retried or trained"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM model_runs")).scalar_one() == 0
