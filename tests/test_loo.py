@@ -80,8 +80,12 @@ def test_end_to_end_on_generated_data(synth, tmp_path):
     pop = loo.run_popularity(split)
     ez = loo.run_ease(split, [1.0, 10.0])
     knn = loo.run_itemknn(split, [{"neighbours": 5, "shrinkage": 0.0}, {"neighbours": 20, "shrinkage": 0.0}])
-    cfg = GRU4RecConfig(hidden=16, embedding_dim=16, batch_size=8, bptt=4, epochs=2, patience=0)
+    cfg = GRU4RecConfig(hidden=16, embedding_dim=16, batch_size=8, bptt=4, epochs=3, patience=0,
+                        learning_rate=1e-2, monitor="val_ndcg@10")
     gru = loo.run_gru4rec(split, [cfg], [2, None], cache=tmp_path, verbose=0)
+    # the validation figure of the kept (best) epoch is the one the choice log shows for L=all
+    by_epoch = gru["choice_log"][1]["val_ndcg@10_by_epoch"]
+    assert len(by_epoch) == 3 and gru["choice_log"][1]["ndcg@10"] == pytest.approx(max(by_epoch))
     for res in (ez, knn, gru):
         best = max(res["choice_log"], key=lambda e: e["ndcg@10"])
         assert res["validation"]["ndcg@10"] == best["ndcg@10"]
@@ -93,6 +97,8 @@ def test_end_to_end_on_generated_data(synth, tmp_path):
     # a second run finds the fitted GRU4Rec in the cache and scores it the same
     again = loo.run_gru4rec(split, [cfg], [2, None], cache=tmp_path, verbose=0)
     assert again["choice_log"][0]["cached"] and again["test"] == gru["test"]
+    with pytest.raises(ValueError, match="monitor"):
+        loo.run_gru4rec(split, [GRU4RecConfig(epochs=1)], [None], verbose=0)
 
 
 def test_ranks_agree_with_model_top_k(synth):
