@@ -1,0 +1,199 @@
+"""EASE (Steck 2019, "Embarrassingly Shallow Autoencoders") as an array-level model.
+
+X is the binary user x item matrix of positives (rating >= min_rating). With
+P = (X^T X + lambda I)^-1, the item-item weights are B = I - P diag(1 / diag(P)),
+i.e. B_ij = -P_ij / P_jj off the diagonal and B_jj = 0 (no item predicts itself).
+A user's scores are x_u B, where x_u is the binary row of the user's history.
+
+The helpers below (item index, history rows, chunked top-k, save/load) are shared
+with recpipe.models.itemknn.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class EASEConfig:
+    lambda_: float = 500.0  # L2 weight on B
+    min_rating: int = 4  # ratings >= this are the positives of X
+
+
+# ------------------------------------------------------------------ shared helpers
+def item_index(movie_ids) -> np.ndarray:
+    """Sorted unique movie ids: position = item index, so index order = movie_id order."""
+    return np.unique(np.asarray(movie_ids, dtype=np.int64))
+
+
+def encode(movie_ids: np.ndarray, items) -> np.ndarray:
+    """Item indices of `items` in `movie_ids` (sorted); -1 where unknown."""
+    items = np.asarray(items if isinstance(items, np.ndarray) else list(items), dtype=np.int64)
+    if len(movie_ids) == 0:
+        return np.full(len(items), -1, np.int64)
+    pos = np.searchsorted(movie_ids, items).clip(0, len(movie_ids) - 1)
+    return np.where(movie_ids[pos] == items, pos, -1)
+
+
+def positives_matrix(interactions: pd.DataFrame, min_rating: int):
+    """(X csr [users, items] binary float32, movie_ids) of the rows with rating >= min_rating."""
+    pos = interactions[interactions["rating"] >= min_rating]
+    movie_ids = item_index(pos["movie_id"].to_numpy())
+    users, rows = np.unique(pos["user_id"].to_numpy(), return_inverse=True)
+    cols = encode(movie_ids, pos["movie_id"].to_numpy())
+    x = sp.csr_matrix((np.ones(len(pos), np.float32), (rows, cols)), shape=(len(users), len(movie_ids)))
+    x.data[:] = 1.0  # a repeated (user, movie) pair stays one positive
+    return x, movie_ids
+
+
+def history_rows(movie_ids: np.ndarray, histories: Sequence[Iterable[int]]):
+    """Binary csr [len(histories), items]; movies unknown to the index are skipped."""
+    rows, cols = [], []
+    for r, hist in enumerate(histories):
+        idx = encode(movie_ids, hist)
+        idx = np.unique(idx[idx >= 0])
+        rows.append(np.full(len(idx), r, np.int64))
+        cols.append(idx)
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                         shape=(len(histories), len(movie_ids)))
+
+
+def _empty_top_k() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": pd.Series(dtype="int64"), "rank": pd.Series(dtype="int64"),
+                         "movie_id": pd.Series(dtype="int64"), "score": pd.Series(dtype="float64")})
+
+
+def top_k_frame(score_fn, movie_ids: np.ndarray, histories: Mapping, exclude: Mapping | None,
+                k: int, chunk_size: int) -> pd.DataFrame:
+    """Top-k per user of `score_fn(list of histories) -> [n, items]`, `chunk_size` users at a
+    time (memory is one chunk's scores). Excluded movies never appear; best score first,
+    ties by ascending movie_id; fewer than k rows only when the catalogue runs out."""
+    users = list(histories)
+    exclude = histories if exclude is None else exclude
+    out = []
+    for lo in range(0, len(users), chunk_size):
+        chunk = users[lo: lo + chunk_size]
+        scores = np.asarray(score_fn([histories[u] for u in chunk]), dtype=np.float64)
+        for row, u in enumerate(chunk):
+            idx = encode(movie_ids, exclude.get(u, ()))
+            scores[row, idx[idx >= 0]] = -np.inf
+        kk = min(k, scores.shape[1])
+        if kk <= 0:
+            continue
+        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1]
+        for row, u in enumerate(chunk):
+            # every item >= the k-th value is a candidate, so ties at the edge are all seen
+            cand = np.flatnonzero((scores[row] >= kth[row]) & np.isfinite(scores[row]))
+            top = cand[np.lexsort((cand, -scores[row, cand]))][:k]
+            out.append(pd.DataFrame({"user_id": np.full(len(top), u, np.int64),
+                                     "rank": np.arange(1, len(top) + 1, dtype=np.int64),
+                                     "movie_id": movie_ids[top], "score": scores[row, top]}))
+    return pd.concat(out, ignore_index=True) if out else _empty_top_k()
+
+
+def save_arrays(path, name: str, meta: dict, **arrays) -> Path:
+    """Write <path>/<name>.npz (arrays, no pickle) and <path>/<name>.json (meta)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    np.savez(path / f"{name}.npz", **arrays)
+    (path / f"{name}.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_arrays(path, name: str):
+    path = Path(path)
+    meta = json.loads((path / f"{name}.json").read_text())
+    with np.load(path / f"{name}.npz", allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    return meta, arrays
+
+
+def ndcg_at_k(top: pd.DataFrame, positives: pd.DataFrame, k: int = 10) -> float:
+    """Mean NDCG@k over the users of `positives` (user_id, movie_id); a user without a
+    list scores 0. Ideal DCG over min(#positives, k) slots (one target: 1/log2(rank+1))."""
+    lists = top[top["rank"] <= k].groupby("user_id")
+    wanted = positives.groupby("user_id")["movie_id"].agg(set)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    total = 0.0
+    for user, items in wanted.items():
+        ranked = lists.get_group(user).sort_values("rank")["movie_id"].tolist() if user in lists.groups else []
+        gains = np.array([m in items for m in ranked], dtype=np.float64)
+        total += float((gains * disc[: len(gains)]).sum() / disc[: min(len(items), k)].sum())
+    return total / len(wanted) if len(wanted) else float("nan")
+
+
+def choose(fit_fn, candidates, train: pd.DataFrame, validation: pd.DataFrame, *, k: int = 10,
+           chunk_size: int = 1000):
+    """Fit `fit_fn(train, candidate)` per candidate; score each validation user from the
+    user's train positives, excluding every movie the user has in train; keep the best
+    NDCG@k on `validation`'s positives. Returns (best_model, best_candidate, log)."""
+    log, best = [], None
+    for cand in candidates:
+        model = fit_fn(train, cand)
+        lo = model.config.min_rating
+        users = np.unique(validation["user_id"].to_numpy())
+        tr = train[train["user_id"].isin(users)]
+        hist = tr[tr["rating"] >= lo].groupby("user_id")["movie_id"].agg(list)
+        seen = tr.groupby("user_id")["movie_id"].agg(list)
+        histories = {int(u): hist.get(u, []) for u in users}
+        exclude = {int(u): seen.get(u, []) for u in users}
+        top = model.score_top_k(histories, exclude, k, chunk_size=chunk_size)
+        value = ndcg_at_k(top, validation[validation["rating"] >= lo], k)
+        log.append({"candidate": asdict(cand) if is_dataclass(cand) else cand, f"ndcg@{k}": value})
+        if best is None or value > best[2]:
+            best = (model, cand, value)
+    return best[0], best[1], log
+
+
+# -------------------------------------------------------------------------- EASE
+class EASEModel:
+    """Item-item weights B [items, items] over `movie_ids` (ascending)."""
+
+    def __init__(self, B: np.ndarray, movie_ids: np.ndarray, config: EASEConfig):
+        self.B, self.movie_ids, self.config = B, np.asarray(movie_ids, np.int64), config
+
+    def scores(self, histories: Sequence[Iterable[int]]) -> np.ndarray:
+        """Scores [len(histories), items] (float32): x_u B."""
+        return np.asarray(history_rows(self.movie_ids, histories) @ self.B)
+
+    def score_top_k(self, histories: Mapping[int, Iterable[int]],
+                    exclude: Mapping[int, Iterable[int]] | None = None, k: int = 10,
+                    chunk_size: int = 1000) -> pd.DataFrame:
+        """user_id, rank, movie_id, score; `exclude` defaults to the histories."""
+        return top_k_frame(self.scores, self.movie_ids, histories, exclude, k, chunk_size)
+
+    def save(self, path) -> Path:
+        return save_arrays(path, "ease", {"model": "ease", "config": asdict(self.config)},
+                           B=self.B, movie_ids=self.movie_ids)
+
+    @classmethod
+    def load(cls, path) -> "EASEModel":
+        meta, arrays = load_arrays(path, "ease")
+        return cls(arrays["B"], arrays["movie_ids"], EASEConfig(**meta["config"]))
+
+
+def fit(interactions: pd.DataFrame, config: EASEConfig = EASEConfig()) -> EASEModel:
+    """interactions: user_id, movie_id, rating (one row per rating)."""
+    x, movie_ids = positives_matrix(interactions, config.min_rating)
+    gram = (x.T @ x).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += config.lambda_
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    return EASEModel(b.astype(np.float32), movie_ids, config)
+
+
+def choose_lambda(train: pd.DataFrame, validation: pd.DataFrame, candidates: Iterable[float],
+                  min_rating: int = 4, k: int = 10):
+    """Best lambda by NDCG@k on `validation` (user_id, movie_id, rating), fitting on `train`.
+    Returns (model, lambda, log of {candidate, ndcg@k})."""
+    return choose(lambda tr, lam: fit(tr, EASEConfig(lambda_=float(lam), min_rating=min_rating)),
+                  list(candidates), train, validation, k=k)
