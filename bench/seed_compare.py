@@ -243,7 +243,7 @@ def _seed_step_breakdown(train, steps: int = 300) -> dict:
     return {"steps": steps, "ms_per_step": {k: 1000 * v / steps for k, v in spent.items()}}
 
 
-def _gru_in_subprocess(intra: int, inter: int, epochs: int) -> dict:
+def _gru_in_subprocess(intra: int, inter: int, epochs: int, max_events: int) -> dict:
     """fit_gru4rec in a fresh process with TF thread pools set before TF starts."""
     code = (
         "import json, sys; sys.path.insert(0, 'bench');"
@@ -251,7 +251,7 @@ def _gru_in_subprocess(intra: int, inter: int, epochs: int) -> dict:
         f"tf.config.threading.set_intra_op_parallelism_threads({intra});"
         f"tf.config.threading.set_inter_op_parallelism_threads({inter});"
         "import seed_compare as s;"
-        "d, (r, m, u) = s.load_data(); t = s.gru_train_events(r);"
+        f"d, (r, m, u) = s.load_data(); t = s._head_sessions(s.gru_train_events(r), {max_events});"
         f"print('RESULT' + json.dumps(s.ours_gru(t, {epochs})))"
     )
     root = Path(__file__).resolve().parents[1]
@@ -261,35 +261,98 @@ def _gru_in_subprocess(intra: int, inter: int, epochs: int) -> dict:
     return json.loads(line[len("RESULT"):])
 
 
+def _head_sessions(train, max_events: int):
+    """The first sessions (in session order) holding about max_events events."""
+    sizes = train.groupby("session_id", sort=True).size()
+    keep = sizes.index[sizes.cumsum() <= max_events]
+    return train[train["session_id"].isin(keep)]
+
+
+@contextlib.contextmanager
+def _autoint_without_auc():
+    """fit_autoint compiles with an AUC metric; this drops it for the duration (a probe)."""
+    import recpipe.models.autoint as autoint
+
+    original = autoint.compile_autoint
+
+    def compile_(model, config, jit_compile="auto", auc=True, steps_per_execution=1):
+        return original(model, config, jit_compile=jit_compile, auc=False, steps_per_execution=steps_per_execution)
+
+    autoint.compile_autoint = compile_
+    try:
+        yield
+    finally:
+        autoint.compile_autoint = original
+
+
 def profile(args) -> dict:
+    """Variants of our GRU4Rec and AutoInt+ fits (and of the seeds) on subsets; rates are
+    rates, so subsets keep this short. Wall and CPU-time rates are both recorded."""
     load_before = load_average()
-    _, (ratings, _, _) = load_data()
-    train = gru_train_events(ratings)
-    result: dict = {"load_before": load_before, "gru4rec_epochs_each": args.gru_epochs}
-    variants = {}
+    _, (ratings, movies, users) = load_data()
+    train = _head_sessions(gru_train_events(ratings), args.profile_events)
+    X, y, field_dims = autoint_rows(ratings, movies, users)
+    X, y = X[:args.profile_rows], y[:args.profile_rows]
+    result: dict = {"load_before": load_before, "gru4rec_events": int(len(train)), "autoint_rows": int(len(X)),
+                    "epochs_each": 1}
 
-    def run(name, fn):
+    def run(group, name, fn, key):
         load = os.getloadavg()[0]
-        variants[name] = {**fn(), "load_1m_before": load}
-        print(f"profile {name}: {variants[name]['events_per_s']:,.0f} events/s (load {load:.2f})", flush=True)
+        out = result.setdefault(group, {})[name] = {**fn(), "load_1m_before": load}
+        cpu_key = key.replace("_per_s", "_per_cpu_s")
+        print(f"profile {group} {name}: {out[key]:,.0f}/s, {out[cpu_key]:,.0f}/CPU-s (load {load:.2f})", flush=True)
 
-    run("seed002_config_bptt16", lambda: ours_gru(train, args.gru_epochs))
-    for bptt in (32, 64):
-        run(f"bptt{bptt}", lambda: ours_gru(train, args.gru_epochs, bptt=bptt))
-    run("jit_compile", lambda: ours_gru(train, args.gru_epochs, jit_compile=True))
-    for n in (4, 16):
-        def spe(n=n):
-            with _steps_per_execution(n):
-                return ours_gru(train, args.gru_epochs)
-        run(f"steps_per_execution{n}", spe)
-    run("seed002_config_bptt16_again", lambda: ours_gru(train, args.gru_epochs))
-    for intra, inter in ((1, 1), (2, 1), (2, 2)):
-        run(f"threads_intra{intra}_inter{inter}", lambda: _gru_in_subprocess(intra, inter, args.gru_epochs))
-    result["gru4rec_variants"] = variants
+    gru = "gru4rec_variants"
+    run(gru, "seed_loop", lambda: seed_gru(train, 600, 20), "events_per_s")
+    run(gru, "ours_seed002_config", lambda: ours_gru(train, 1), "events_per_s")
+    run(gru, "ours_bptt64", lambda: ours_gru(train, 1, bptt=64), "events_per_s")
+    run(gru, "ours_lanes512", lambda: ours_gru(train, 1, batch_size=512), "events_per_s")
+    run(gru, "ours_jit_compile", lambda: ours_gru(train, 1, jit_compile=True), "events_per_s")
+
+    def spe():
+        with _steps_per_execution(16):
+            return ours_gru(train, 1)
+
+    run(gru, "ours_steps_per_execution16", spe, "events_per_s")
+    for intra, inter in ((1, 1), (2, 2)):
+        run(gru, f"ours_threads_intra{intra}_inter{inter}",
+            lambda: _gru_in_subprocess(intra, inter, 1, args.profile_events), "events_per_s")
+    run(gru, "ours_seed002_config_again", lambda: ours_gru(train, 1), "events_per_s")
     result["seed002_step_breakdown"] = _seed_step_breakdown(train)
     print("seed step (ms):", {k: round(v, 2) for k, v in result["seed002_step_breakdown"]["ms_per_step"].items()})
+
+    ai = "autoint_variants"
+    run(ai, "seed_fit", lambda: seed_autoint(X, y, field_dims, 1), "samples_per_s")
+    run(ai, "ours_seed000_config", lambda: ours_autoint(X, y, field_dims, 1), "samples_per_s")
+
+    def no_auc():
+        with _autoint_without_auc():
+            return ours_autoint(X, y, field_dims, 1)
+
+    run(ai, "ours_without_auc_metric", no_auc, "samples_per_s")
+    run(ai, "ours_jit_compile", lambda: ours_autoint_jit(X, y, field_dims), "samples_per_s")
+
+    def seed_trained_attention():
+        from recpipe.features import FIELDS
+        from seed_loops import seed000_fit
+
+        return seed000_fit(X, y, field_dims, 1, columns=FIELDS, train_attention=True)
+
+    run(ai, "seed_fit_attention_trained", seed_trained_attention, "samples_per_s")
+    run(ai, "seed_fit_again", lambda: seed_autoint(X, y, field_dims, 1), "samples_per_s")
     result["load_after"] = load_average()
     return result
+
+
+def ours_autoint_jit(X, y, field_dims) -> dict:
+    from recpipe.models.autoint import SEED000_CONFIG, fit_autoint
+
+    cpu = time.process_time()
+    _, history = fit_autoint(X, y, field_dims, SEED000_CONFIG.with_(epochs=1, patience=1), verbose=0, jit_compile=True)
+    cpu = time.process_time() - cpu
+    rows = int(history["train_rows"] + history["val_rows"])
+    return {"samples_per_s": history["samples_per_s"], "fit_seconds": history["fit_seconds"], "cpu_seconds": cpu,
+            "samples_per_cpu_s": rows / cpu}
 
 
 def main() -> None:
@@ -299,7 +362,9 @@ def main() -> None:
     parser.add_argument("--gru-warmup", type=int, default=20, help="untimed first steps of the seed loop")
     parser.add_argument("--gru-epochs", type=int, default=1, help="epochs of fit_gru4rec per round")
     parser.add_argument("--autoint-epochs", type=int, default=1, help="epochs of both AutoInt+ fits per round")
-    parser.add_argument("--profile", action="store_true", help="profile our GRU4Rec instead; adds 'profile'")
+    parser.add_argument("--profile", action="store_true", help="profile variants instead; adds 'profile'")
+    parser.add_argument("--profile-events", type=int, default=200_000, help="GRU4Rec train events when profiling")
+    parser.add_argument("--profile-rows", type=int, default=200_000, help="AutoInt+ rows when profiling")
     args = parser.parse_args()
     path = RESULTS / f"{NAME}.json"
     started = time.perf_counter()

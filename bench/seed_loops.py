@@ -154,8 +154,10 @@ def seed002_train_steps(train_events: pd.DataFrame, steps: int, warmup: int = 20
 
 
 # ============================================================================ AutoInt+
-def _seed000_layers():
-    """The notebook's layer classes (defined lazily: they need TensorFlow)."""
+def _seed000_layers(train_attention: bool = False):
+    """The notebook's layer classes (defined lazily: they need TensorFlow).
+    train_attention=True makes the attention projections Keras weights (trained): not
+    the notebook, a probe of what its untrained projections save."""
     import keras
     import tensorflow as tf
 
@@ -195,12 +197,14 @@ def _seed000_layers():
             super().__init__()
             self.att_embedding_size = embedding_size // head_num
             self.head_num, self.use_res, self.scaling = head_num, use_res, scaling
-            # Raw tf.Variables, as in the notebook: Keras 3 does not train them.
-            self.W_Query = tf.Variable(tf.random.normal((embedding_size, embedding_size), stddev=0.05))
-            self.W_Key = tf.Variable(tf.random.normal((embedding_size, embedding_size), stddev=0.05))
-            self.W_Value = tf.Variable(tf.random.normal((embedding_size, embedding_size), stddev=0.05))
-            if use_res:
-                self.W_Res = tf.Variable(tf.random.normal((embedding_size, embedding_size), stddev=0.05))
+            names = ["W_Query", "W_Key", "W_Value"] + (["W_Res"] if use_res else [])
+            for name in names:
+                if train_attention:
+                    var = self.add_weight(shape=(embedding_size, embedding_size), name=name,
+                                          initializer=keras.initializers.RandomNormal(0.0, 0.05))
+                else:  # raw tf.Variables, as in the notebook: Keras 3 does not train them
+                    var = tf.Variable(tf.random.normal((embedding_size, embedding_size), stddev=0.05), name=name)
+                setattr(self, name, var)
 
         def call(self, inputs):
             querys = tf.tensordot(inputs, self.W_Query, axes=1)
@@ -251,11 +255,11 @@ def _seed000_layers():
     return AutoIntMLPModel
 
 
-def seed000_model(field_dims, cfg: dict = SEED000):
+def seed000_model(field_dims, cfg: dict = SEED000, train_attention: bool = False):
     import keras
     import tensorflow as tf
 
-    model_cls = _seed000_layers()
+    model_cls = _seed000_layers(train_attention)
     model = model_cls(
         [int(d) for d in field_dims], embedding_size=cfg["embed_dim"], att_layer_num=cfg["att_layers"],
         att_head_num=cfg["att_heads"], dnn_hidden_units=cfg["dnn_units"], l2_reg_dnn=cfg["l2_dnn"],
@@ -270,13 +274,13 @@ def seed000_model(field_dims, cfg: dict = SEED000):
 
 
 def seed000_fit(X: np.ndarray, y: np.ndarray, field_dims, epochs: int, columns: list[str],
-                cfg: dict = SEED000, seed: int = 42) -> dict:
+                cfg: dict = SEED000, seed: int = 42, train_attention: bool = False) -> dict:
     """The notebook's `model.fit(train_df[features], train_df[label], validation_split=0.1)`.
     samples/s = all rows (train + validation) x epochs / fit seconds, as fit_autoint reports."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    model = seed000_model(field_dims, cfg)
+    model = seed000_model(field_dims, cfg, train_attention)
     features = pd.DataFrame(np.asarray(X, dtype=np.int32), columns=columns)
     label = pd.Series(np.asarray(y, dtype=np.float32), name="label")
     started, cpu = time.perf_counter(), time.process_time()

@@ -72,7 +72,10 @@ _WORDS_B = ("River City Night Road Heart Garden Game Dream Storm Mirror House Is
             "Soldier Detective Hunter Witness Bride Planet Empire Circus Harbor Frontier Orchard").split()
 
 # Behaviour knobs (documented in the module docstring).
-ZIPF_EXPONENT = 1.2  # item popularity ~ rank^-s
+ZIPF_EXPONENT = 1.2  # item popularity ~ (rank + q)^-s
+# Zipf-Mandelbrot: weight (rank + q)^-s with q = this share of the catalogue (~40 at
+# ML-25M's size), so that the top items are rated by about half of the users, not all.
+ZIPF_FLAT_HEAD = 0.0006
 ACTIVITY_TAIL = 1.15  # user ratings ~ Pareto(alpha) from MIN_USER_RATINGS (mean ~150 at 20)
 MIN_USER_RATINGS = 20
 BACK_CATALOGUE = 0.3  # share of items released before the span starts
@@ -88,7 +91,7 @@ TICKETS = 1 << 22  # resolution of popularity-weighted sampling (see _tickets)
 FACTORS = 8
 SAME_ROUNDS = 8  # redraws of a repeated pair from its own distribution before falling back
 BITMAP_BITS = 1 << 31  # max users x items of one chunk's bitmap (256 MiB)
-RATING_MEAN = 3.05  # intercept: chosen pairs lean to liked genres, so the mean lands near 3.5
+RATING_MEAN = 3.45  # intercept: chosen pairs lean to liked genres, so the mean lands near 3.5
 
 
 @dataclass(frozen=True)
@@ -167,9 +170,14 @@ def _make_catalogue(spec: Spec, rng: np.random.Generator, genre_vectors: np.ndar
             clash = want & ((pick == genres[:, 0]) | (pick == genres[:, 1]))
         genres[want, col] = pick[want]
     rank = rng.permutation(n) + 1
-    weight = rank.astype(np.float64) ** -ZIPF_EXPONENT
+    weight = (rank + ZIPF_FLAT_HEAD * n).astype(np.float64) ** -ZIPF_EXPONENT
+    # Popular items rate a little higher; centred on what gets rated (popularity-weighted),
+    # so the mean rating does not drift with the catalogue's size.
     log_w = np.log(weight)
-    bias = (0.25 * (log_w - log_w.mean()) / log_w.std() + rng.normal(0, 0.3, n)).astype(np.float32)
+    share = weight / weight.sum()
+    centre = (share * log_w).sum()
+    spread = np.sqrt((share * (log_w - centre) ** 2).sum())
+    bias = (0.25 * (log_w - centre) / spread + rng.normal(0, 0.3, n)).astype(np.float32)
     has = genres >= 0
     mix = (genre_vectors[np.where(has, genres, 0)] * has[..., None]).sum(1) / has.sum(1, keepdims=True)
     factors = (mix + 0.5 * rng.standard_normal((n, FACTORS))).astype(np.float32)
@@ -351,10 +359,12 @@ class Generator:
         a_lo = tk.by_release[recent_day]
         a_lo = np.where(a_lo < a_hi, a_lo, 0)
         lo = np.where(use_genre, g_lo, a_lo + len(tk.genre))
-        span = np.where(use_genre, g_hi - g_lo, a_hi - a_lo).astype(np.float32)
+        span = np.where(use_genre, g_hi - g_lo, a_hi - a_lo)
 
         def draw_items(rows):
-            return tk.both[lo[rows] + (rng.random(len(rows), dtype=np.float32) * span[rows]).astype(np.int64)]
+            # float32 draws are cheaper; r * span can round up to span itself, hence the clamp.
+            offset = (rng.random(len(rows), dtype=np.float32) * span[rows].astype(np.float32)).astype(np.int64)
+            return tk.both[lo[rows] + np.minimum(offset, span[rows] - 1)]
 
         item = self._unique_pairs(local, draw_items(np.arange(m)), day, draw_items, rng)
         user = local + u0
