@@ -7,6 +7,7 @@ import platform
 import resource
 import secrets
 import sys
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +47,40 @@ def scratch_database():
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> dict:
+    """The 1/5/15-minute load averages: what else ran on the cores while measuring."""
+    one, five, fifteen = os.getloadavg()
+    return {"load_1m": one, "load_5m": five, "load_15m": fifteen, "cpus": os.cpu_count()}
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> dict:
+    """fp32 GFLOP/s of an n x n matrix product (best of `repeat`), through numpy and
+    through the Keras backend: the machine's compute ceiling, measured where it runs."""
+    import numpy as np
+    import keras
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    flops = 2 * n**3
+
+    def best(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return flops / min(times) / 1e9
+
+    ka, kb = keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b)
+    return {
+        "n": n,
+        "numpy_gflops": best(lambda: a @ b),
+        "keras_backend": keras.backend.backend(),
+        "keras_gflops": best(lambda: keras.ops.convert_to_numpy(keras.ops.matmul(ka, kb))),
+    }
 
 
 def machine() -> dict:
