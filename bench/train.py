@@ -30,7 +30,8 @@ from _common import matmul_gflops, peak_rss_mib, source_dir, write_result
 def autoint_figures(folder, epochs: int, score_users: int) -> dict:
     from recpipe.evaluation.seed000 import seed000_split
     from recpipe.features import FieldEncoders
-    from recpipe.models.autoint import SEED000_CONFIG, fit_autoint, score_top_k
+    from recpipe.models.autoint import SEED000_CONFIG, fit_autoint
+    from recpipe.recommenders.autoint import score_catalogue as score_top_k
     from recpipe.source import load_ml1m_frames
 
     ratings, movies, users = load_ml1m_frames(folder)
@@ -56,7 +57,8 @@ def autoint_figures(folder, epochs: int, score_users: int) -> dict:
 
 
 def gru4rec_figures(folder, epochs: int) -> dict:
-    from recpipe.models.gru4rec import SEED002_CONFIG, fit_gru4rec, score_top_k
+    from recpipe.models.gru4rec import SEED002_CONFIG, fit_gru4rec
+    from recpipe.recommenders.gru4rec import score_top_k
     from recpipe.sessions import SEED002_PARAMS, make_session_sets
     from recpipe.source import load_ml1m_frames
 
