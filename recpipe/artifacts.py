@@ -189,3 +189,21 @@ def unreferenced(engine: Engine, settings: Settings) -> list[Path]:
         return []
     return sorted(p for kind in root.iterdir() if kind.is_dir() for p in kind.iterdir()
                   if p.is_dir() and str(p.resolve()) not in known)
+
+
+def prune(engine: Engine, settings: Settings, dry_run: bool = False) -> list[Path]:
+    """Remove what no model run uses: bundle folders without a row (left by an interrupted
+    stage) and model bundles whose run was replaced by a rerun. Encoders are kept (runs
+    name them in their data). Returns the folders removed (or, dry_run, that would be)."""
+    with engine.connect() as conn:
+        orphans = conn.execute(sa.text(
+            "SELECT artifact_id, path FROM artifacts a WHERE kind <> 'encodings'"
+            " AND NOT EXISTS (SELECT 1 FROM model_runs r WHERE r.artifact_id = a.artifact_id)")).all()
+    doomed = sorted({*unreferenced(engine, settings), *(settings.home / p for _, p in orphans)})
+    if not dry_run:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM artifacts WHERE artifact_id = ANY(:ids)"),
+                         {"ids": [int(a) for a, _ in orphans]})
+        for folder in doomed:
+            shutil.rmtree(_inside_artifacts(settings, folder), ignore_errors=True)
+    return doomed

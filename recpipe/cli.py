@@ -255,6 +255,16 @@ def cmd_publish(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_artifacts(args, settings: Settings) -> int:
+    from recpipe import artifacts
+
+    removed = artifacts.prune(_engine(settings), settings, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    lines = [f"{verb} {len(removed)} artifact folder(s) no run uses"] + [f"  {p}" for p in removed]
+    _print([str(p) for p in removed], args.json, "\n".join(lines))
+    return 0
+
+
 def cmd_runs(args, settings: Settings) -> int:
     from recpipe import runs
 
@@ -367,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("artifacts", help="prune: remove artifact folders no run uses")
+    p.add_argument("action", choices=["prune"])
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_artifacts)
 
     p = sub.add_parser("runs", help="the model runs registry")
     p.add_argument("action", choices=["list"])

@@ -2,6 +2,7 @@
 anything runs, no command prints the database password, database outages end in one line."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,3 +101,25 @@ def test_a_stopped_database_is_one_clear_line(settings):
     assert done.returncode == 1
     assert "database is unreachable" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_artifacts_prune_removes_only_what_no_run_uses(engine, settings):
+    from recpipe import artifacts
+
+    ingest(engine, settings.source_dir)
+    plan = pipeline.make_plan(settings, NIGHT, models=("popularity",))
+    first = pipeline.train_model(settings, plan, "popularity", pipeline.night_inputs(None, None))
+    replaced = artifacts.get(engine, settings, first["artifact_id"]).path
+    second = pipeline.train_model(settings, plan, "popularity", pipeline.night_inputs(None, None))  # a rerun
+    debris = artifacts.new_dir(settings, "autoint", NIGHT)  # a killed training's folder
+    (debris / "autoint.keras").write_bytes(b"half written")
+    env = _env(settings)
+    listed = recpipe("artifacts", "prune", "--dry-run", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(json.loads(listed.stdout)) == sorted([str(replaced), str(debris)])
+    assert replaced.exists() and debris.exists()
+    assert recpipe("artifacts", "prune", env=env).returncode == 0
+    assert not replaced.exists() and not debris.exists()
+    live = runs.get(engine, second["run_id"])
+    with live.open_artifact(settings) as bundle:  # the run in use still loads
+        assert bundle.read_text("popularity.json")
