@@ -73,11 +73,30 @@ def train_model(settings: Settings, plan: NightPlan, model: str, inputs: NightIn
 
 
 def _fallback(run_list):
-    """The baseline run whose lists stand in for users a model cannot serve."""
-    baselines = [r for r in run_list if r.is_baseline]
-    if not baselines:
-        raise ValueError("the night has no baseline run (the fallback lists): train a baseline model first")
-    return baselines[0]
+    """The last-resort baseline run: the first registered baseline (popularity), which
+    serves every user."""
+    from recpipe import registry
+
+    first = registry.baseline_names()[0]
+    found = [r for r in run_list if r.model == first]
+    if not found:
+        raise ValueError(f"the night has no {first} run (the last-resort lists): train it first")
+    return found[0]
+
+
+def _fallback_chain(store, run_list, compare_metric: str) -> list:
+    """Loaded fallbacks for publication: the best promoted baseline tonight (by the gate's
+    compare metric), then the last-resort one."""
+    from recpipe.scoring import LoadedRun
+
+    last = LoadedRun(store, _fallback(run_list))
+    baselines = [r for r in run_list if r.is_baseline and r.status == "promoted" and r.run_id != last.run.run_id
+                 and r.production_metrics.get(compare_metric) is not None]
+    last_value = last.run.production_metrics.get(compare_metric)
+    best = max(baselines, key=lambda r: r.production_metrics[compare_metric], default=None)
+    if best is None or (last_value is not None and best.production_metrics[compare_metric] <= last_value):
+        return [last]
+    return [LoadedRun(store, best), last]
 
 
 def evaluate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
@@ -89,7 +108,7 @@ def evaluate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
     engine = _engine(settings)
     run_list = runs.get_many(engine, run_ids)
     results = evaluate_runs(Store(engine, settings), run_list, _fallback(run_list), plan.training_cutoff,
-                            plan.night, plan.k)
+                            plan.night, plan.k, plan.gate_rules.get("compare_metric", "ndcg_at_10"))
     for run_id, metrics in results.items():
         runs.add_metrics(engine, run_id, "production", metrics)
     return {"run_ids": [int(r) for r in run_ids], "metrics": {str(k): v for k, v in results.items()}}
@@ -115,7 +134,7 @@ def publish(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
     from recpipe import runs
     from recpipe.publish import publish_top_k
     from recpipe.recommenders.base import History, Store
-    from recpipe.scoring import LoadedRun, recommend
+    from recpipe.scoring import LoadedRun, recommend  # noqa: F401
 
     engine = _engine(settings)
     run_list = runs.get_many(engine, run_ids)
@@ -123,12 +142,13 @@ def publish(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
     if plan.dry_run:
         return {"dry_run": True, "would_publish": [r.run_id for r in promoted], "published": []}
     store = Store(engine, settings)
-    fallback = LoadedRun(store, _fallback(run_list))
+    chain = _fallback_chain(store, run_list, plan.gate_rules.get("compare_metric", "ndcg_at_10"))
+    last = chain[-1]
     history = History.load(store, plan.night)
     published = []
     for run in sorted(promoted, key=lambda r: not r.is_baseline):
-        loaded = fallback if run.run_id == fallback.run.run_id else LoadedRun(store, run)
-        lists = recommend(loaded, history, history.users, plan.k, fallback)
+        loaded = next((f for f in chain if f.run.run_id == run.run_id), None) or LoadedRun(store, run)
+        lists = recommend(loaded, history, history.users, plan.k, [last] if run.is_baseline else chain)
         published.append(publish_top_k(engine, run.run_id, lists, plan.retention))
     return {"dry_run": False, "published": published}
 

@@ -22,6 +22,8 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("popularity", "recpipe.recommenders.popularity", baseline=True),
+    ModelSpec("ease", "recpipe.recommenders.ease", baseline=True),
+    ModelSpec("itemknn", "recpipe.recommenders.itemknn", baseline=True),
     ModelSpec("autoint", "recpipe.recommenders.autoint", accelerated=True),
     ModelSpec("gru4rec", "recpipe.recommenders.gru4rec", accelerated=True),
 )}

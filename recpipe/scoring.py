@@ -32,8 +32,16 @@ class LoadedRun:
         return self.recommender.extra_metrics(self.model, self.store, holdout)
 
 
-def recommend(loaded: LoadedRun, history: History, user_ids, k: int, fallback: LoadedRun) -> pd.DataFrame:
-    """DataFrame[user_id, rank, movie_id, score, fallback] for `user_ids`."""
+def recommend(loaded: LoadedRun, history: History, user_ids, k: int, fallbacks: list[LoadedRun]) -> pd.DataFrame:
+    """DataFrame[user_id, rank, movie_id, score, fallback] for `user_ids`: the run's lists,
+    and for the users it cannot serve the first fallback's, then the next's (the last is
+    the baseline that serves everyone)."""
     user_ids = np.asarray(list(user_ids), dtype=np.int64)
-    return lists_with_fallback(loaded.lists(history, user_ids, k), user_ids,
-                               lambda missing: fallback.lists(history, missing, k))
+    chain = [f for f in fallbacks if f.run.run_id != loaded.run.run_id]
+
+    def backup(missing):
+        if not chain:
+            return pd.DataFrame(columns=["user_id", "rank", "movie_id", "score"])
+        return recommend(chain[0], history, missing, k, chain[1:]).drop(columns="fallback")
+
+    return lists_with_fallback(loaded.lists(history, user_ids, k), user_ids, backup)

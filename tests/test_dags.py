@@ -20,10 +20,9 @@ from airflow_harness import DAGS_FOLDER, REPO_ROOT, AirflowHome
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.pipeline", "recpipe.db",
                  "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
-NIGHTLY_TASKS = {
-    "plan", "rebuild_encodings", "rebuild_sessions", "train_autoint", "train_gru4rec", "train_popularity",
-    "evaluate", "gate", "publish", "notify",
-}
+MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
+NIGHTLY_TASKS = {"plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
+                 "evaluate", "gate", "publish", "notify"}
 ACCELERATED = {"train_autoint", "train_gru4rec"}
 
 
@@ -127,9 +126,9 @@ def test_nightly_dag_shape(dag_info):
     assert tasks["plan"]["upstream"] == []
     assert tasks["rebuild_encodings"]["upstream"] == ["plan"]
     assert tasks["rebuild_sessions"]["upstream"] == ["plan"]
-    for model in ("autoint", "gru4rec", "popularity"):
+    for model in MODELS:
         assert tasks[f"train_{model}"]["upstream"] == ["plan", "rebuild_encodings", "rebuild_sessions"]
-    assert tasks["evaluate"]["upstream"] == ["plan", "train_autoint", "train_gru4rec", "train_popularity"]
+    assert tasks["evaluate"]["upstream"] == sorted(["plan", *(f"train_{m}" for m in MODELS)])
     assert tasks["gate"]["upstream"] == ["evaluate", "plan"]
     assert tasks["publish"]["upstream"] == ["gate", "plan"]
     assert tasks["notify"]["upstream"] == ["plan", "publish"]
@@ -149,15 +148,14 @@ def test_gpu_queue_is_a_setting(airflow_home):
 def test_nightly_params(dag_info):
     dag = dag_info["dags"]["recpipe_nightly"]
     assert dag["params"] == {
-        "epochs": None, "popularity_overrides": {}, "autoint_overrides": {}, "gru4rec_overrides": {},
+        "epochs": None, **{f"{m}_overrides": {} for m in MODELS},
         "gate_overrides": {}, "dry_run": False, "as_of": None,
     }
     schemas = dag["param_schemas"]
     assert schemas["epochs"]["type"] == ["null", "integer"]
     assert schemas["dry_run"]["type"] == "boolean"
     assert schemas["as_of"]["type"] == ["null", "string"] and schemas["as_of"]["format"] == "date-time"
-    assert all(schemas[k]["type"] == "object"
-               for k in ("popularity_overrides", "autoint_overrides", "gru4rec_overrides", "gate_overrides"))
+    assert all(schemas[k]["type"] == "object" for k in (*(f"{m}_overrides" for m in MODELS), "gate_overrides"))
 
 
 def test_dag_files_import_nothing_heavy(airflow_home):

@@ -44,8 +44,12 @@ def holdout(store: Store, cutoff: datetime, until: datetime) -> pd.DataFrame:
 
 
 def evaluate_runs(store: Store, runs: list[Run], fallback: Run, cutoff: datetime, until: datetime,
-                  k: int) -> dict[int, dict]:
-    """Production-protocol metrics per run_id, the same users for all; baselines first."""
+                  k: int, compare_metric: str = "ndcg_at_10") -> dict[int, dict]:
+    """Production-protocol metrics per run_id, the same users for all; baselines first.
+
+    `fallback` is the baseline that serves every user. A learned model's users it cannot
+    serve get the best baseline's list (by compare_metric), then the fallback's: as published.
+    """
     test = holdout(store, cutoff, until)
     positives = test[test["label"] == 1][["user_id", "movie_id"]]
     users = np.sort(positives["user_id"].unique())
@@ -57,9 +61,17 @@ def evaluate_runs(store: Store, runs: list[Run], fallback: Run, cutoff: datetime
     loaded_fallback = LoadedRun(store, fallback)
     results: dict[int, dict] = {}
     baselines: dict[str, dict] = {}
-    for run in sorted(runs, key=lambda r: not r.is_baseline):
+    loaded_baselines: dict[int, LoadedRun] = {}
+    for run in sorted(runs, key=lambda r: (not r.is_baseline, r.run_id != fallback.run_id)):
         loaded = loaded_fallback if run.run_id == fallback.run_id else LoadedRun(store, run)
-        lists = recommend(loaded, history, users, k, loaded_fallback)
+        if run.is_baseline:
+            chain = [loaded_fallback]
+            loaded_baselines[run.run_id] = loaded
+        else:
+            best = max(loaded_baselines.values(),
+                       key=lambda b: results[b.run.run_id].get(compare_metric) or float("-inf"))
+            chain = [best, loaded_fallback]
+        lists = recommend(loaded, history, users, k, chain)
         metrics = ranking_metrics(lists, positives, catalogue, k)
         metrics["fallback_users"] = int(lists.loc[lists["fallback"], "user_id"].nunique())
         metrics.update(cutoff=cutoff.isoformat(), until=until.isoformat())
