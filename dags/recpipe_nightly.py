@@ -2,13 +2,18 @@
 evaluate, gate, publish, notify.
 
     plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
-         >> evaluate >> gate >> publish >> notify
+         >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
+         >> publish >> notify
 
 `plan` builds the night's plan once (the night = the run's data interval end, or the
 `as_of` param) and validates every trigger parameter: a bad one fails the run at
 once, without retries. Every later task receives the plan through XCom. The Keras
 models train on the accelerator queue (RECPIPE_GPU_QUEUE, default "gpu"), each in a
 fresh process: TensorFlow/CUDA cannot be initialised again inside a forked worker.
+After the gate, each promoted model is refitted on every rating before the night
+(`refit_<model>`, same queue) and `check_refits` compares it with its gated run; the
+checked refit is what `publish` ships (the gated run when the check fails, or when the
+plan's `ship` is "gated").
 `notify` is a teardown task: it runs whatever happened upstream, so the gate's alerts
 are sent even when `publish` fails, and the run still ends failed then. XCom carries the plan, ids and figures only.
 """
@@ -46,7 +51,10 @@ MODEL_PARAMS = {
                                     "must_beat_baseline": {"type": "boolean"},
                                     "compare_metric": {"type": "string"},
                                     "min_test_users": {"type": "integer", "minimum": 0},
-                                    "floors": {"type": "object"}},
+                                    "floors": {"type": "object"},
+                                    "refit_min_served_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "refit_min_coverage_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "dry_run": Param(False, type="boolean",
@@ -122,11 +130,34 @@ def recpipe_nightly():
         return {key: result[key] for key in ("promoted", "rejected", "alert_ids", "run_ids")}
 
     @task
-    def publish(night: dict, decision: dict) -> dict:
+    def rebuild_refit_inputs(night: dict, decision: dict) -> dict:
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
-        return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"])
+        return pipeline.rebuild_refit_inputs(settings(), NightPlan.from_dict(night))
+
+    @task(execution_timeout=timedelta(hours=6))
+    def refit(night: dict, model: str, trained: dict, refit_inputs: dict) -> dict | None:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.refit_model(settings(), NightPlan.from_dict(night), trained["run_id"], refit_inputs,
+                                    fresh_process=True)
+
+    @task
+    def check_refits(night: dict, refits: list) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        result = pipeline.check_refits(settings(), NightPlan.from_dict(night), [r["run_id"] for r in refits if r])
+        return {key: result[key] for key in ("promoted", "alert_ids")} | {"run_ids": [r["run_id"] for r in refits if r]}
+
+    @task
+    def publish(night: dict, decision: dict, checked: dict) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"], checked["run_ids"])
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def notify(night: dict) -> dict:
@@ -138,25 +169,30 @@ def recpipe_nightly():
         context = get_current_context()
         plan_ = NightPlan.from_dict(night)
         decision = context["ti"].xcom_pull(task_ids="gate")
+        checked = context["ti"].xcom_pull(task_ids="check_refits") or {}
         if decision is None:
             trained = [context["ti"].xcom_pull(task_ids=f"train_{m}") for m in plan_.models]
             failed = pipeline.fail_night(settings(), plan_, [t["run_id"] for t in trained if t],
                                          "the night failed before the gate")
             return {"alert_ids": [], "sent": [], "failed_runs": failed}
-        return pipeline.notify(settings(), plan_, list(decision.get("alert_ids") or []), context)
+        alert_ids = [*(decision.get("alert_ids") or []), *(checked.get("alert_ids") or [])]
+        return pipeline.notify(settings(), plan_, alert_ids, context)
 
     night = plan()
     encodings = rebuild_encodings(night)
     sessions = rebuild_sessions(night)
-    trained = [
-        train.override(task_id=f"train_{spec.name}", **({"queue": SETTINGS.gpu_queue} if spec.accelerated else {}))(
-            night, spec.name, encodings, sessions)
-        for spec in registry.MODELS.values()
-    ]
-    decision = gate(night, evaluate(night, trained))
+    def queue(spec) -> dict:
+        return {"queue": SETTINGS.gpu_queue} if spec.accelerated else {}
+
+    trained = {spec.name: train.override(task_id=f"train_{spec.name}", **queue(spec))(
+        night, spec.name, encodings, sessions) for spec in registry.MODELS.values()}
+    decision = gate(night, evaluate(night, list(trained.values())))
+    refit_inputs = rebuild_refit_inputs(night, decision)
+    refits = [refit.override(task_id=f"refit_{spec.name}", **queue(spec))(
+        night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
     # A teardown: it runs whatever publish did, and the run's state stays publish's
     # (a plain all_done leaf would turn a failed night green).
-    publish(night, decision) >> notify(night).as_teardown()
+    publish(night, decision, check_refits(night, refits)) >> notify(night).as_teardown()
 
 
 recpipe_nightly()

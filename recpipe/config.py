@@ -100,6 +100,10 @@ class PipelineParams:
 
     eval_window: timedelta = timedelta(days=60)
     retention: timedelta = timedelta(days=30)  # published runs older than this are removed
+    # What is published: "refit" (the gated configuration refitted on every rating before
+    # the night, after a sanity check against the gated run) or "gated" (the cautious:
+    # exactly the run the gate judged).
+    ship: str = "refit"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "PipelineParams":
@@ -107,4 +111,5 @@ class PipelineParams:
         return cls(
             eval_window=_days(env.get("RECPIPE_EVAL_WINDOW_DAYS"), cls.eval_window),
             retention=_days(env.get("RECPIPE_RETENTION_DAYS"), cls.retention),
+            ship=env.get("RECPIPE_SHIP") or cls.ship,
         )

@@ -42,11 +42,17 @@ class GateRules:
     compare_metric: str = "ndcg_at_10"
     min_test_users: int = 20
     floors: dict = field(default_factory=dict)  # model -> metric -> floor
+    # The refit's sanity checks against its gated run, on the same users as of the night:
+    refit_min_served_ratio: float = 0.9  # users served without fallback, refit / gated
+    refit_min_coverage_ratio: float = 0.5  # distinct movies in the lists, refit / gated
+    refit_min_overlap: float = 0.01  # mean Jaccard of each user's two top-10s (random lists: ~0.001)
 
     def __post_init__(self):
         from recpipe import registry
 
         _number("tolerance", self.tolerance, 0.0, 1.0)
+        for key in ("refit_min_served_ratio", "refit_min_coverage_ratio", "refit_min_overlap"):
+            _number(key, getattr(self, key), 0.0, 1.0)
         if not isinstance(self.must_beat_baseline, bool):
             raise GateRuleError(f"gate setting 'must_beat_baseline' must be true or false,"
                                 f" got {self.must_beat_baseline!r}")
@@ -194,3 +200,68 @@ def gate_runs(engine: Engine, run_ids: list[int], rules: GateRules, context: str
             ))
         log.info("gate: %s run %s %s", run.model, run_id, "promoted" if decision.promoted else "rejected")
     return decisions
+
+
+REFIT_SAMPLE_USERS = 1000  # users the two runs are compared on (every n-th known user)
+
+
+def refit_checks(gated_lists, refit_lists, users, rules: GateRules) -> list[dict]:
+    """The failed checks of a refit against its gated run's lists (empty: ship it). Pure."""
+    import numpy as np
+
+    failures = []
+    served = {name: lists.loc[~lists["fallback"], "user_id"].nunique() for name, lists in
+              (("gated", gated_lists), ("refit", refit_lists))}
+    ratio = served["refit"] / served["gated"] if served["gated"] else 1.0
+    if ratio < rules.refit_min_served_ratio:
+        failures.append({"rule": "refit_served_users", "metric": "served_ratio", "value": ratio,
+                         "threshold": rules.refit_min_served_ratio,
+                         "message": f"the refit serves {served['refit']} of {len(users)} users without fallback,"
+                                    f" the gated run {served['gated']} (ratio {ratio:.2f})"})
+    coverage = {name: lists["movie_id"].nunique() for name, lists in (("gated", gated_lists), ("refit", refit_lists))}
+    ratio = coverage["refit"] / coverage["gated"] if coverage["gated"] else 1.0
+    if ratio < rules.refit_min_coverage_ratio:
+        failures.append({"rule": "refit_coverage", "metric": "coverage_ratio", "value": ratio,
+                         "threshold": rules.refit_min_coverage_ratio,
+                         "message": f"the refit's lists hold {coverage['refit']} distinct movies, the gated run's"
+                                    f" {coverage['gated']} (ratio {ratio:.2f})"})
+    scores = refit_lists.loc[~refit_lists["fallback"], "score"].to_numpy(dtype=float)
+    if len(scores) and (not np.isfinite(scores).all() or np.ptp(scores) == 0):
+        failures.append({"rule": "refit_scores", "metric": "score_spread", "value": float(np.nan_to_num(np.ptp(scores))),
+                         "threshold": 0.0, "message": "the refit's scores are not finite or all equal"})
+    a = gated_lists.groupby("user_id")["movie_id"].agg(frozenset)
+    b = refit_lists.groupby("user_id")["movie_id"].agg(frozenset)
+    common = a.index.intersection(b.index)
+    overlap = float(np.mean([len(a[u] & b[u]) / len(a[u] | b[u]) for u in common])) if len(common) else 0.0
+    if overlap < rules.refit_min_overlap:
+        failures.append({"rule": "refit_overlap", "metric": "list_overlap", "value": overlap,
+                         "threshold": rules.refit_min_overlap,
+                         "message": f"the refit's lists share {overlap:.3f} (mean Jaccard) with the gated run's"})
+    return failures
+
+
+def check_refit(engine: Engine, store, history, gated, refit, rules: GateRules, k: int,
+                context: str | None = None) -> Decision:
+    """Score both runs for a sample of users as of the night, record the refit's verdict
+    and alert on each failed check. A rejected refit is not shipped; its gated run is."""
+    from recpipe.scoring import LoadedRun, recommend
+
+    users = history.users[:: max(1, len(history.users) // REFIT_SAMPLE_USERS)]
+    last = []  # no fallback: users a run cannot serve stay unserved, which is what is compared
+    gated_lists = recommend(LoadedRun(store, gated), history, users, k, last)
+    refit_lists = recommend(LoadedRun(store, refit), history, users, k, last)
+    failures = refit_checks(gated_lists, refit_lists, users, rules)
+    status = runs.REJECTED if failures else runs.PROMOTED
+    reasons = failures or [{"rule": "refit_checks", "message": f"refit of gated run {gated.run_id} passed its checks"
+                                                               f" on {len(users)} users"}]
+    with engine.begin() as conn:
+        runs.decide(conn, refit.run_id, status, reasons)
+    decision = Decision(refit.run_id, refit.model, not failures, reasons)
+    for failure in failures:
+        decision.alert_ids.append(record_alert(
+            engine, kind=GATE_REJECTED, model=refit.model, metric=failure["metric"], value=float(failure["value"]),
+            threshold=float(failure["threshold"]), run_id=refit.run_id, context=context,
+            message=f"{refit.model} refit run {refit.run_id} (as of {refit.as_of:%Y-%m-%d}) not shipped, its gated run"
+                    f" {gated.run_id} is: {failure['rule']}: {failure['message']}"))
+    log.info("refit check: %s run %s %s", refit.model, refit.run_id, "passed" if decision.promoted else "failed")
+    return decision

@@ -35,22 +35,24 @@ def ingest_interval(settings: Settings, start: datetime | None, end: datetime | 
     return {**report.to_dict(), "summary": report.summary()}
 
 
-def rebuild_encodings(settings: Settings, plan: NightPlan) -> dict:
-    """Encoders for the night: fitted on the ratings before its training cutoff."""
+def rebuild_encodings(settings: Settings, plan: NightPlan, phase: str = "gated") -> dict:
+    """Encoders for the night: fitted on the ratings before its training cutoff (gated),
+    or before the night itself (refit: users and movies of the last days get codes)."""
     from recpipe.features import build_encodings
 
-    artifact = build_encodings(_engine(settings), settings, plan.training_cutoff)
+    artifact = build_encodings(_engine(settings), settings, plan.train_until(phase))
     return {"encodings_id": artifact.artifact_id, "path": str(artifact.path), "sha256": artifact.sha256,
             "fitted_before": artifact.as_of.isoformat(), "field_dims": artifact.details["field_dims"],
             "rows": artifact.row_counts["ratings"]}
 
 
-def rebuild_sessions(settings: Settings, plan: NightPlan) -> dict:
-    """Training sessions for the night: the ratings before its training cutoff."""
+def rebuild_sessions(settings: Settings, plan: NightPlan, phase: str = "gated") -> dict:
+    """Training sessions for the night: the ratings before its training cutoff (gated) or
+    before the night (refit)."""
     from recpipe.sessions import PRODUCTION, SessionParams, build_sessions
 
     params = SessionParams.from_dict(plan.session_params) if plan.session_params else SessionParams()
-    built = build_sessions(_engine(settings), plan.training_cutoff, params, PRODUCTION)
+    built = build_sessions(_engine(settings), plan.train_until(phase), params, PRODUCTION)
     return {"sessions_build_id": built["build_id"], "fitted_before": built["as_of"], "stats": built["stats"]}
 
 
@@ -60,13 +62,13 @@ def night_inputs(encodings: dict | None, sessions: dict | None) -> NightInputs:
 
 
 def train_model(settings: Settings, plan: NightPlan, model: str, inputs: NightInputs,
-                fresh_process: bool = False) -> dict:
+                fresh_process: bool = False, phase: str = "gated", gated_run_id: int | None = None) -> dict:
     """Train one registered model for the night; returns the TrainResponse as a dict."""
     from recpipe import registry
     from recpipe.db import resolve_database_url
     from recpipe.train import TrainRequest, train, train_in_fresh_process
 
-    request = TrainRequest(plan, model, inputs)
+    request = TrainRequest(plan, model, inputs, phase, gated_run_id)
     if fresh_process and registry.spec(model).accelerated:
         return train_in_fresh_process(settings, resolve_database_url(settings), request).to_dict()
     return train(_engine(settings), settings, request).to_dict()
@@ -84,19 +86,24 @@ def _fallback(run_list):
     return found[0]
 
 
-def _fallback_chain(store, run_list, compare_metric: str) -> list:
+def _fallback_chain(store, run_list, compare_metric: str, refit_of: dict | None = None) -> list:
     """Loaded fallbacks for publication: the best promoted baseline tonight (by the gate's
-    compare metric), then the last-resort one."""
+    compare metric), then the last-resort one; each as shipped (its refit when it has one)."""
     from recpipe.scoring import LoadedRun
 
-    last = LoadedRun(store, _fallback(run_list))
+    refit_of = refit_of or {}
+
+    def shipped(run):
+        return LoadedRun(store, refit_of.get(run.run_id, run))
+
+    last = shipped(_fallback(run_list))
     baselines = [r for r in run_list if r.is_baseline and r.status == "promoted" and r.run_id != last.run.run_id
                  and r.production_metrics.get(compare_metric) is not None]
     last_value = last.run.production_metrics.get(compare_metric)
     best = max(baselines, key=lambda r: r.production_metrics[compare_metric], default=None)
     if best is None or (last_value is not None and best.production_metrics[compare_metric] <= last_value):
         return [last]
-    return [LoadedRun(store, best), last]
+    return [shipped(best), last]
 
 
 def evaluate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
@@ -129,8 +136,59 @@ def gate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
     }
 
 
-def publish(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
-    """Publish the promoted runs among run_ids (baselines first) for every user known at the night."""
+def rebuild_refit_inputs(settings: Settings, plan: NightPlan) -> dict:
+    """The refit's encodings and sessions (as of the night); nothing when shipping gated runs."""
+    if not plan.refits:
+        return {}
+    return {"encodings": rebuild_encodings(settings, plan, "refit"), "sessions": rebuild_sessions(settings, plan, "refit")}
+
+
+def refit_model(settings: Settings, plan: NightPlan, gated_run_id: int, refit_inputs: dict,
+                fresh_process: bool = False) -> dict | None:
+    """Refit a promoted gated run's configuration on every rating before the night.
+
+    None when the night ships gated runs, the gated run was rejected, or it is a dry run.
+    """
+    from recpipe import runs
+
+    gated = runs.get(_engine(settings), gated_run_id)
+    if not plan.refits or plan.dry_run or gated.status != runs.PROMOTED:
+        return None
+    inputs = night_inputs(refit_inputs.get("encodings"), refit_inputs.get("sessions"))
+    return train_model(settings, plan, gated.model, inputs, fresh_process, phase="refit", gated_run_id=gated_run_id)
+
+
+def check_refits(settings: Settings, plan: NightPlan, refit_run_ids: list[int]) -> dict:
+    """Sanity-check each refit against its gated run; a refit that fails is not shipped
+    (its gated run is) and raises an alert naming the check."""
+    from recpipe import runs
+    from recpipe.gate import GateRules, check_refit
+    from recpipe.recommenders.base import History, Store
+
+    engine = _engine(settings)
+    store = Store(engine, settings)
+    history = History.load(store, plan.night)
+    rules = GateRules(**plan.gate_rules)
+    decisions = []
+    for run_id in refit_run_ids:
+        refit = runs.get(engine, run_id)
+        gated = runs.get(engine, refit.gated_run_id)
+        decisions.append(check_refit(engine, store, history, gated, refit, rules, plan.k, context=plan.context))
+    return {"decisions": [d.to_dict() for d in decisions], "alert_ids": [a for d in decisions for a in d.alert_ids],
+            "promoted": [d.run_id for d in decisions if d.promoted]}
+
+
+def shipped_runs(run_list, refit_list) -> list:
+    """Per model, the run to publish: its promoted refit, else its promoted gated run."""
+    from recpipe import runs
+
+    refits = {r.model: r for r in refit_list if r.status == runs.PROMOTED}
+    return [refits.get(r.model, r) for r in run_list if r.status == runs.PROMOTED]
+
+
+def publish(settings: Settings, plan: NightPlan, run_ids: list[int], refit_run_ids: list[int] | None = None) -> dict:
+    """Publish, for each model promoted tonight, its checked refit or else its gated run
+    (baselines first), for every user known at the night."""
     from recpipe import runs
     from recpipe.publish import publish_top_k
     from recpipe.recommenders.base import History, Store
@@ -138,11 +196,12 @@ def publish(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
 
     engine = _engine(settings)
     run_list = runs.get_many(engine, run_ids)
-    promoted = [r for r in run_list if r.status == runs.PROMOTED]
+    promoted = shipped_runs(run_list, runs.get_many(engine, refit_run_ids or []))
     if plan.dry_run:
         return {"dry_run": True, "would_publish": [r.run_id for r in promoted], "published": []}
     store = Store(engine, settings)
-    chain = _fallback_chain(store, run_list, plan.gate_rules.get("compare_metric", "ndcg_at_10"))
+    chain = _fallback_chain(store, run_list, plan.gate_rules.get("compare_metric", "ndcg_at_10"),
+                            {r.gated_run_id: r for r in promoted if r.phase == "refit"})
     last = chain[-1]
     history = History.load(store, plan.night)
     published = []
@@ -193,11 +252,21 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
     except Exception as exc:
         fail_night(settings, plan, run_ids, f"{type(exc).__name__}: {exc}")
         raise
+    alert_ids = list(decided["alert_ids"])
+    refit_ids: list[int] = []
     try:
-        published = timed("publish", publish, settings, plan, run_ids)
+        refit_inputs = timed("rebuild_refit_inputs", rebuild_refit_inputs, settings, plan)
+        for run_id in run_ids:
+            refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process)
+            if refit is not None:
+                timings[f"refit_{refit['model']}"] = refit["seconds"]
+                refit_ids.append(refit["run_id"])
+        checked = timed("check_refits", check_refits, settings, plan, refit_ids)
+        alert_ids += checked["alert_ids"]
+        published = timed("publish", publish, settings, plan, run_ids, refit_ids)
     finally:
-        # The gate's alerts are sent even when publishing fails.
-        notified = timed("notify", notify, settings, plan, decided["alert_ids"])
+        # The gate's alerts are sent even when refitting or publishing fails.
+        notified = timed("notify", notify, settings, plan, alert_ids)
     return {"as_of": plan.night.isoformat(), "plan": plan.to_dict(), "encodings": encodings, "sessions": sessions,
-            "evaluation": evaluated, "gate": decided, "publication": published, "notifications": notified,
-            "timings_s": timings}
+            "evaluation": evaluated, "gate": decided, "refits": checked, "publication": published,
+            "notifications": notified, "timings_s": timings}

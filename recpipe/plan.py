@@ -22,6 +22,11 @@ from recpipe.config import PipelineParams
 LIST_LENGTH = 10
 
 
+GATED, REFIT = "gated", "refit"
+PHASES = (GATED, REFIT)
+SHIP_CHOICES = (REFIT, GATED)
+
+
 class PlanError(ValueError):
     """A parameter of the night is invalid: nothing has run."""
 
@@ -41,12 +46,23 @@ class NightPlan:
     gate_overrides: Mapping[str, Any] = field(default_factory=dict)
     gate_rules: Mapping[str, Any] = field(default_factory=dict)  # the rules file + overrides, resolved
     dry_run: bool = False
+    ship: str = "refit"  # or "gated": see PipelineParams.ship
     session_params: Mapping[str, Any] = field(default_factory=dict)
     context: str | None = None  # which Airflow run (for alert rows), when there is one
 
     @property
     def training_cutoff(self) -> datetime:
         return self.night - self.eval_window
+
+    def train_until(self, phase: str) -> datetime:
+        """Training data end of a phase: the cutoff for the gated run, the night for the refit."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
+        return self.training_cutoff if phase == GATED else self.night
+
+    @property
+    def refits(self) -> bool:
+        return self.ship == REFIT
 
     @property
     def k(self) -> int:
@@ -57,7 +73,7 @@ class NightPlan:
               epochs: int | None = None, model_overrides: Mapping | None = None,
               gate_overrides: Mapping | None = None, dry_run: bool = False,
               session_params: Mapping | None = None, context: str | None = None,
-              eval_window: timedelta | None = None, gate_file=None) -> "NightPlan":
+              eval_window: timedelta | None = None, gate_file=None, ship: str | None = None) -> "NightPlan":
         """A validated plan: bad parameters raise PlanError before anything runs."""
         from dataclasses import asdict as _asdict
 
@@ -82,6 +98,7 @@ class NightPlan:
             gate_overrides=dict(gate_overrides or {}),
             gate_rules=rules,
             dry_run=bool(dry_run),
+            ship=ship or params.ship,
             session_params=dict(session_params or {}),
             context=context,
         )
@@ -91,6 +108,8 @@ class NightPlan:
     def validate(self) -> None:
         from recpipe import registry
 
+        if self.ship not in SHIP_CHOICES:
+            raise PlanError(f"ship must be one of {SHIP_CHOICES}, got {self.ship!r}")
         if self.eval_window <= timedelta(0):
             raise PlanError(f"eval_window must be positive, got {self.eval_window}")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)

@@ -36,6 +36,8 @@ class Run:
     dry_run: bool
     gate_reasons: list = field(default_factory=list)
     plan: dict = field(default_factory=dict)
+    phase: str = "gated"
+    gated_run_id: int | None = None
 
     @classmethod
     def from_row(cls, row) -> "Run":
@@ -59,25 +61,27 @@ def _json(value) -> str:
 
 def save_trained(engine: Engine, settings: Settings, *, model: str, night: datetime, config: dict,
                  data_stats: dict, metrics: dict, artifact: Artifact, is_baseline: bool, dry_run: bool,
-                 plan: dict) -> int:
+                 plan: dict, phase: str = "gated", gated_run_id: int | None = None) -> int:
     """Record a freshly trained run as a candidate; returns its run_id."""
     values = {
         "model": model, "as_of": night, "config": _json(config), "stats": _json(data_stats),
         "metrics": _json(metrics), "path": artifact.relative_path(settings), "sha": artifact.sha256,
         "artifact_id": artifact.artifact_id, "baseline": is_baseline, "dry": dry_run, "plan": _json(plan),
+        "phase": phase, "gated": gated_run_id,
     }
     columns = ("INSERT INTO model_runs (model, as_of, config, data_stats, metrics, artifact_path, artifact_sha256,"
-               " artifact_id, is_baseline, dry_run, plan)"
+               " artifact_id, is_baseline, dry_run, plan, phase, gated_run_id)"
                " VALUES (:model, :as_of, CAST(:config AS jsonb), CAST(:stats AS jsonb), CAST(:metrics AS jsonb),"
-               " :path, :sha, :artifact_id, :baseline, :dry, CAST(:plan AS jsonb))")
+               " :path, :sha, :artifact_id, :baseline, :dry, CAST(:plan AS jsonb), :phase, :gated)")
     if dry_run:
         statement = columns + " RETURNING run_id"
     else:
         statement = columns + (
-            " ON CONFLICT (model, as_of) WHERE NOT dry_run DO UPDATE SET config = EXCLUDED.config,"
+            " ON CONFLICT (model, as_of, phase) WHERE NOT dry_run DO UPDATE SET config = EXCLUDED.config,"
             "   data_stats = EXCLUDED.data_stats, metrics = EXCLUDED.metrics,"
             "   artifact_path = EXCLUDED.artifact_path, artifact_sha256 = EXCLUDED.artifact_sha256,"
             "   artifact_id = EXCLUDED.artifact_id, is_baseline = EXCLUDED.is_baseline, plan = EXCLUDED.plan,"
+            "   gated_run_id = EXCLUDED.gated_run_id,"
             "   status = 'candidate', gate_reasons = '[]', created_at = now(), decided_at = NULL"
             " RETURNING run_id")
     with engine.begin() as conn:
@@ -115,8 +119,8 @@ def decide(conn: Connection, run_id: int, status: str, reasons: list[dict]) -> N
 def last_promoted(conn: Connection, model: str, before: datetime) -> Run | None:
     """The model's newest promoted real run of an earlier night (what a candidate is compared with)."""
     row = conn.execute(sa.text(
-        "SELECT * FROM model_runs WHERE model = :m AND status = 'promoted' AND NOT dry_run AND as_of < :t"
-        " ORDER BY as_of DESC LIMIT 1"), {"m": model, "t": before}).mappings().first()
+        "SELECT * FROM model_runs WHERE model = :m AND status = 'promoted' AND NOT dry_run AND phase = 'gated'"
+        " AND as_of < :t ORDER BY as_of DESC LIMIT 1"), {"m": model, "t": before}).mappings().first()
     return Run.from_row(row) if row else None
 
 
@@ -131,10 +135,12 @@ def mark_failed(engine: Engine, run_ids, reason: str) -> int:
             {"ids": [int(r) for r in run_ids], "g": _json([{"rule": "night_failed", "message": reason}])}).rowcount
 
 
-def of_night(engine: Engine, night: datetime, *, dry_run: bool = False) -> list[Run]:
+def of_night(engine: Engine, night: datetime, *, dry_run: bool = False, phase: str | None = "gated") -> list[Run]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM model_runs WHERE as_of = :t AND dry_run = :d ORDER BY model"),
-                            {"t": night, "d": dry_run}).mappings().all()
+        rows = conn.execute(sa.text(
+            "SELECT * FROM model_runs WHERE as_of = :t AND dry_run = :d"
+            " AND (CAST(:p AS text) IS NULL OR phase = :p) ORDER BY model, phase"),
+            {"t": night, "d": dry_run, "p": phase}).mappings().all()
     return [Run.from_row(r) for r in rows]
 
 

@@ -32,14 +32,18 @@ class TrainRequest:
     plan: NightPlan
     model: str
     inputs: NightInputs = NightInputs()
+    phase: str = "gated"  # or "refit": trained on every rating before the night
+    gated_run_id: int | None = None  # a refit's gated run
 
     def to_json(self) -> str:
-        return json.dumps({"plan": self.plan.to_dict(), "model": self.model, "inputs": self.inputs.to_dict()})
+        return json.dumps({"plan": self.plan.to_dict(), "model": self.model, "inputs": self.inputs.to_dict(),
+                           "phase": self.phase, "gated_run_id": self.gated_run_id})
 
     @classmethod
     def from_json(cls, text: str) -> "TrainRequest":
         data = json.loads(text)
-        return cls(NightPlan.from_dict(data["plan"]), data["model"], NightInputs.from_dict(data["inputs"]))
+        return cls(NightPlan.from_dict(data["plan"]), data["model"], NightInputs.from_dict(data["inputs"]),
+                   data.get("phase", "gated"), data.get("gated_run_id"))
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ class TrainResponse:
 
 
 def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: int | None = None) -> TrainResponse:
-    """Fit request.model on the data before the plan's training cutoff; register the run."""
+    """Fit request.model on the data before its phase's end (the training cutoff for the
+    gated run, the night for a refit); register the run."""
     from recpipe import artifacts, registry, runs
     from recpipe.recommenders.base import Store
 
@@ -69,7 +74,8 @@ def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: in
     recommender = registry.recommender(name)
     config = plan.model_config(name)
     started = time.perf_counter()
-    data = recommender.prepare(Store(engine, settings), plan, request.inputs, config, plan.training_cutoff)
+    train_until = plan.train_until(request.phase)
+    data = recommender.prepare(Store(engine, settings), plan, request.inputs, config, train_until)
     folder = artifacts.new_dir(settings, name, plan.night)
     try:
         fitted = recommender.fit(data, config, folder, verbose)
@@ -82,10 +88,12 @@ def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: in
         engine, settings, model=name, night=plan.night, config=config, data_stats=fitted.data_stats,
         metrics={"training": fitted.training}, artifact=artifact, is_baseline=spec.baseline,
         dry_run=plan.dry_run, plan={"night": plan.night.isoformat(), "training_cutoff":
-                                    plan.training_cutoff.isoformat(), "inputs": request.inputs.to_dict()},
+                                    plan.training_cutoff.isoformat(), "train_until": train_until.isoformat(),
+                                    "inputs": request.inputs.to_dict()},
+        phase=request.phase, gated_run_id=request.gated_run_id,
     )
     seconds = round(time.perf_counter() - started, 2)
-    log.info("trained %s for %s: run %s in %.1fs", name, plan.night, run_id, seconds)
+    log.info("trained %s (%s) for %s: run %s in %.1fs", name, request.phase, plan.night, run_id, seconds)
     return TrainResponse(run_id, name, plan.night.isoformat(), artifact.artifact_id, seconds,
                          {k: v for k, v in fitted.training.items() if k != "curves"})
 

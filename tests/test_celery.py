@@ -172,7 +172,7 @@ def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, data
     pipeline.ingest_interval(
         Settings(database_url=database_url, source_dir=synthetic_dir, home=tmp_path / "recpipe-home"), None, None)
     # Routing is under test, not model quality: one epoch, the gate opened wide.
-    lenient = {"must_beat_popularity": False, "min_test_users": 1, "floors": {
+    lenient = {"must_beat_baseline": False, "min_test_users": 1, "floors": {
         "autoint": {"auc": 0.0, "ndcg_at_10": 0.0, "recall_at_10": 0.0},
         "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
     conf = {"as_of": AS_OF, "epochs": 1, "gate_overrides": lenient}
@@ -199,7 +199,7 @@ def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, data
     assert state == "success", "\n".join(
         [home.log_tail("worker-default", 3000), home.log_tail("worker-gpu", 3000), home.log_tail("scheduler", 3000)]
     )
-    for task_id in ("train_autoint", "train_gru4rec"):
+    for task_id in ("train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"):
         assert tis[task_id].queue == "gpu" and tis[task_id].hostname == hostnames["gpu"], task_id
     for task_id in ("rebuild_encodings", "rebuild_sessions", "evaluate", "gate", "publish", "notify"):
         assert tis[task_id].queue == "default" and tis[task_id].hostname == hostnames["default"], task_id

@@ -22,8 +22,9 @@ HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.p
                  "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
 MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
 NIGHTLY_TASKS = {"plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
-                 "evaluate", "gate", "publish", "notify"}
-ACCELERATED = {"train_autoint", "train_gru4rec"}
+                 "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
+                 "publish", "notify"}
+ACCELERATED = {"train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -130,7 +131,11 @@ def test_nightly_dag_shape(dag_info):
         assert tasks[f"train_{model}"]["upstream"] == ["plan", "rebuild_encodings", "rebuild_sessions"]
     assert tasks["evaluate"]["upstream"] == sorted(["plan", *(f"train_{m}" for m in MODELS)])
     assert tasks["gate"]["upstream"] == ["evaluate", "plan"]
-    assert tasks["publish"]["upstream"] == ["gate", "plan"]
+    assert tasks["rebuild_refit_inputs"]["upstream"] == ["gate", "plan"]
+    for model in MODELS:
+        assert tasks[f"refit_{model}"]["upstream"] == ["plan", "rebuild_refit_inputs", f"train_{model}"]
+    assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
+    assert tasks["publish"]["upstream"] == ["check_refits", "gate", "plan"]
     assert tasks["notify"]["upstream"] == ["plan", "publish"]
     for task_id, task in tasks.items():
         expected_queue = "gpu" if task_id in ACCELERATED else "default"
@@ -142,7 +147,7 @@ def test_gpu_queue_is_a_setting(airflow_home):
     info = describe_dags(airflow_home, env={"RECPIPE_GPU_QUEUE": "cuda-a100"})
     tasks = info["dags"]["recpipe_nightly"]["tasks"]
     assert {t: v["queue"] for t, v in tasks.items() if v["queue"] != "default"} == {
-        "train_autoint": "cuda-a100", "train_gru4rec": "cuda-a100"}
+        t: "cuda-a100" for t in ACCELERATED}
 
 
 def test_nightly_params(dag_info):
