@@ -348,13 +348,19 @@ def _short(metric: str) -> str:
     return metric.replace(f"_at_{K}", f"@{K}").replace("_", " ")
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]]) -> None:
+def _model_colors(figures: dict) -> dict[str, str]:
+    """One colour per model in every figure, by name: the same model looks the same every night."""
+    models = sorted(set(figures["runs"]) | set(figures["history"]["models"]))
+    return {model: f"C{i % 10}" for i, model in enumerate(models)}
+
+
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], colors: dict[str, str]) -> None:
     """Bars of each series (a model) side by side within each group (a metric)."""
     x = np.arange(len(groups))
     width = 0.8 / max(1, len(series))
     for i, (label, values) in enumerate(series.items()):
         heights = [np.nan if v is None else v for v in values]
-        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label)
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=label, color=colors[label])
         ax.bar_label(bars, labels=["" if v is None else f"{v:.2f}" for v in values], fontsize=7, padding=1)
     ax.set_xticks(x, groups)
     ax.set_ylim(0, 1.1)
@@ -366,7 +372,8 @@ def _draw_metrics(figures: dict) -> Figure:
     figure = Figure(figsize=(8, 3.6))
     ax = figure.add_subplot()
     _grouped_bars(ax, [_short(m) for m in RANKING_METRICS],
-                  {model: [values[m] for m in RANKING_METRICS] for model, values in figures["metrics"].items()})
+                  {model: [values[m] for m in RANKING_METRICS] for model, values in figures["metrics"].items()},
+                  _model_colors(figures))
     ax.set_title(f"Production metrics of {figures['night'][:10]} (test users: "
                  + ", ".join(f"{m} {v['users']:.0f}" for m, v in figures["metrics"].items() if v["users"] is not None)
                  + ")", fontsize=10)
@@ -377,23 +384,30 @@ def _draw_history(figures: dict) -> Figure:
     history = figures["history"]
     figure = Figure(figsize=(8, 3.4))
     ax = figure.add_subplot()
+    colors = _model_colors(figures)
     for model, points in history["models"].items():
         nights = [datetime.fromisoformat(p[0]) for p in points]
         values = [np.nan if p[1] is None else p[1] for p in points]
-        line, = ax.plot(nights, values, marker="o", label=model)
+        ax.plot(nights, values, marker="o", label=model, color=colors[model])
         # Hollow markers: nights whose run the gate did not promote.
         rejected = [(n, v) for n, v, p in zip(nights, values, points) if p[2] != runs.PROMOTED]
         if rejected:
             ax.plot(*zip(*rejected), linestyle="none", marker="o", markersize=9, markerfacecolor="white",
-                    markeredgecolor=line.get_color())
+                    markeredgecolor=colors[model])
     ax.set_title(f"{_short(history['metric'])} over the last {history['nights']} nights"
                  " (hollow: not promoted)", fontsize=10)
     ax.set_ylabel(_short(history["metric"]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    nights = sorted({p[0] for points in history["models"].values() for p in points})
     locator = mdates.AutoDateLocator(maxticks=8)
+    if len(nights) == 1:  # one night: a span of days to place the ticks on
+        only = datetime.fromisoformat(nights[0])
+        ax.set_xlim(only - timedelta(days=1), only + timedelta(days=1))
+        locator = mdates.DayLocator()
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d") if len(nights) == 1
+                                 else mdates.ConciseDateFormatter(locator))
     return figure
 
 
@@ -452,13 +466,15 @@ def _draw_lists(figures: dict) -> Figure | None:
         return None
     figure = Figure(figsize=(11, 3.6), layout="constrained")
     bars, lorenz = figure.subplots(1, 2, width_ratios=(2, 1))
+    colors = _model_colors(figures)
     _grouped_bars(bars, [label for _, label in LIST_BARS],
-                  {model: [_list_value(f, key) for key, _ in LIST_BARS] for model, f in lists.items()})
+                  {model: [_list_value(f, key) for key, _ in LIST_BARS] for model, f in lists.items()}, colors)
     bars.set_title(f"Published top-{K} lists of {figures['night'][:10]}", fontsize=10)
     bars.tick_params(axis="x", labelsize=8)
     for model, f in lists.items():
         shares = f["lorenz"]
-        lorenz.plot(np.linspace(0, 1, len(shares)), shares, label=f"{model} (Gini {f['gini']:.2f})")
+        lorenz.plot(np.linspace(0, 1, len(shares)), shares, label=f"{model} (Gini {f['gini']:.2f})",
+                    color=colors[model])
     lorenz.plot([0, 1], [0, 1], color="grey", linestyle=":", label="equal exposure")
     lorenz.set_title("Lorenz curve of item exposure", fontsize=10)
     lorenz.set_xlabel("share of catalogue (least shown first)", fontsize=8)
