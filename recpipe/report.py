@@ -300,7 +300,8 @@ def collect(engine: Engine, night: datetime, *, history_nights: int = HISTORY_NI
     night = _utc(night)
     night_runs = _night_runs(engine, night)
     run_ids = [r.run_id for r in night_runs]
-    with engine.connect() as conn:
+    # One snapshot: a publish running meanwhile cannot mix its lists into half the figures.
+    with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         live = {row.model: row for row in conn.execute(sa.text(PUBLISHED_SQL))}
         popularity = dict(conn.execute(sa.text(CATALOGUE_SQL), {"night": night}).all())
         lists = {r.model: _list_figures(conn, r, night, popularity) for r in night_runs}

@@ -272,3 +272,12 @@ def test_a_night_without_runs_raises_lookup_error(nights, tmp_path):
         with engine.begin() as conn:
             conn.exec_driver_sql("DELETE FROM model_runs WHERE run_id = %(r)s", {"r": dry})
     assert not list(tmp_path.iterdir())  # nothing written before the check
+
+
+@pytest.mark.xfail(strict=True, reason="recpipe.artifacts.prune removes every bundle no model run references,"
+                                       " reports included: it must keep kind 'report' (artifacts.py is not this"
+                                       " branch's); drop this mark once it does")
+def test_prune_keeps_reports(nights):
+    settings, engine, first, _, _ = nights
+    doomed = artifacts.prune(engine, settings, dry_run=True)
+    assert first.html_path.parent.resolve() not in {p.resolve() for p in doomed}
