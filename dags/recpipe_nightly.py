@@ -19,12 +19,15 @@ are sent even when `publish` fails, and the run still ends failed then. XCom car
 """
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from _recpipe_dag_utils import SETTINGS, airflow_context, default_args, night_of, settings
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
 
 from recpipe import registry
+
+log = logging.getLogger("recpipe.nightly")
 
 MODEL_PARAMS = {
     f"{name}_overrides": Param({}, type="object", description=f"{name} config overrides, e.g. {{\"epochs\": 2}}.")
@@ -176,7 +179,14 @@ def recpipe_nightly():
                                          "the night failed before the gate")
             return {"alert_ids": [], "sent": [], "failed_runs": failed}
         alert_ids = [*(decision.get("alert_ids") or []), *(checked.get("alert_ids") or [])]
-        return pipeline.notify(settings(), plan_, alert_ids, context)
+        sent = pipeline.notify(settings(), plan_, alert_ids, context)
+        if not plan_.dry_run:
+            try:  # the night report: recpipe report --night <night> prints its path too
+                sent |= pipeline.report(settings(), plan_)
+                log.info("night report: %s", sent["report"])
+            except Exception:  # a report problem never hides the night's own outcome
+                log.exception("the night report could not be written")
+        return sent
 
     night = plan()
     encodings = rebuild_encodings(night)

@@ -193,11 +193,11 @@ def unreferenced(engine: Engine, settings: Settings) -> list[Path]:
 
 def prune(engine: Engine, settings: Settings, dry_run: bool = False) -> list[Path]:
     """Remove what no model run uses: bundle folders without a row (left by an interrupted
-    stage) and model bundles whose run was replaced by a rerun. Encoders are kept (runs
-    name them in their data). Returns the folders removed (or, dry_run, that would be)."""
+    stage) and model bundles whose run was replaced by a rerun. Encoders (runs name them in
+    their data) and night reports are kept. Returns the folders removed (or, dry_run, that would be)."""
     with engine.connect() as conn:
         orphans = conn.execute(sa.text(
-            "SELECT artifact_id, path FROM artifacts a WHERE kind <> 'encodings'"
+            "SELECT artifact_id, path FROM artifacts a WHERE kind NOT IN ('encodings', 'report')"
             " AND NOT EXISTS (SELECT 1 FROM model_runs r WHERE r.artifact_id = a.artifact_id)")).all()
     doomed = sorted({*unreferenced(engine, settings), *(settings.home / p for _, p in orphans)})
     if not dry_run:

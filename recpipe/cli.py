@@ -255,6 +255,17 @@ def cmd_publish(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_report(args, settings: Settings) -> int:
+    from recpipe.report import latest_report, write_night_report
+
+    engine = _engine(settings)
+    path = None if args.write else latest_report(engine, settings, args.night)
+    if path is None:
+        path = write_night_report(engine, settings, args.night, out_dir=args.out).html_path
+    _print({"report": str(path)}, args.json, f"night report for {args.night:%Y-%m-%d %H:%M}Z: {path}")
+    return 0
+
+
 def cmd_artifacts(args, settings: Settings) -> int:
     from recpipe import artifacts
 
@@ -377,6 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("report", help="the night report (HTML + figures): the stored one, or write it")
+    p.add_argument("--night", type=parse_time, required=True)
+    p.add_argument("--write", action="store_true", help="write a new report even when one is stored")
+    p.add_argument("--out", type=lambda s: __import__("pathlib").Path(s), help="write into this folder instead")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("artifacts", help="prune: remove artifact folders no run uses")
     p.add_argument("action", choices=["prune"])

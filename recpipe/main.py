@@ -117,6 +117,11 @@ def report(engine, settings: Settings, as_of: datetime, database_url: str) -> st
     lines.append("published lists: " + (", ".join(f"{m} {u} users / {r} rows" for m, u, r in live) or "none"))
     if sample:
         lines.append("user 1's top-10 (recommendations_default): " + "; ".join(f"{r}. {t}" for r, t in sample))
+    from recpipe.report import latest_report
+
+    night_report = latest_report(engine, settings, as_of)
+    lines.append(f"night report: {night_report or 'not written (see the notify task log)'}"
+                 f"  (again: recpipe report --night {as_of:%Y-%m-%d})")
     url = _libpq_url(database_url)
     lines += [
         "",

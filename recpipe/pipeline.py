@@ -221,6 +221,14 @@ def notify(settings: Settings, plan: NightPlan, alert_ids: list[int], context=No
     return {"alert_ids": [int(a) for a in alert_ids], "sent": sent}
 
 
+def report(settings: Settings, plan: NightPlan) -> dict:
+    """The night's report (HTML + PNG figures), registered as an artifact."""
+    from recpipe.report import write_night_report
+
+    written = write_night_report(_engine(settings), settings, plan.night)
+    return {"report": str(written.html_path), "artifact_id": written.artifact_id}
+
+
 def fail_night(settings: Settings, plan: NightPlan, run_ids: list[int], reason: str) -> int:
     """Mark the night's undecided candidates failed (they never reach the analysts' history as open)."""
     from recpipe import runs
@@ -267,6 +275,7 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
     finally:
         # The gate's alerts are sent even when refitting or publishing fails.
         notified = timed("notify", notify, settings, plan, alert_ids)
-    return {"as_of": plan.night.isoformat(), "plan": plan.to_dict(), "encodings": encodings, "sessions": sessions,
+    reported = {} if plan.dry_run else timed("report", report, settings, plan)
+    return {"report": reported.get("report"), "as_of": plan.night.isoformat(), "plan": plan.to_dict(), "encodings": encodings, "sessions": sessions,
             "evaluation": evaluated, "gate": decided, "refits": checked, "publication": published,
             "notifications": notified, "timings_s": timings}

@@ -63,5 +63,6 @@ def test_main_job_on_embedded_postgres_through_airflow(synthetic_dir, tmp_path):
         assert "nightly run as of" in done.stdout and "published lists: " in done.stdout
         assert "task train_autoint" in done.stdout and "popularity" in done.stdout
         assert "user_top10.sql" in done.stdout
+        assert "night report: " in done.stdout and ".html" in done.stdout
     finally:
         subprocess.run([sys.executable, "-m", "recpipe.cli", "db", "stop"], env=env, capture_output=True)

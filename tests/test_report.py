@@ -274,9 +274,6 @@ def test_a_night_without_runs_raises_lookup_error(nights, tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written before the check
 
 
-@pytest.mark.xfail(strict=True, reason="recpipe.artifacts.prune removes every bundle no model run references,"
-                                       " reports included: it must keep kind 'report' (artifacts.py is not this"
-                                       " branch's); drop this mark once it does")
 def test_prune_keeps_reports(nights):
     settings, engine, first, _, _ = nights
     doomed = artifacts.prune(engine, settings, dry_run=True)
