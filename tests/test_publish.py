@@ -77,11 +77,17 @@ def test_runs_registry_records_metrics_and_artifacts(nightly):
     with engine.connect() as conn:
         runs = conn.exec_driver_sql(
             "SELECT model, status, metrics, artifact_path, artifact_sha256, gate_reasons, decided_at"
-            " FROM model_runs ORDER BY model").mappings().all()
+            " FROM model_runs WHERE phase = 'gated' ORDER BY model").mappings().all()
+        refits = conn.exec_driver_sql(
+            "SELECT r.model, r.status, g.model AS gated_model, g.phase AS gated_phase FROM model_runs r"
+            " JOIN model_runs g ON g.run_id = r.gated_run_id WHERE r.phase = 'refit'").mappings().all()
     assert [r["model"] for r in runs] == sorted(registry.names())
     for run in runs:
         assert run["status"] == "promoted" and run["decided_at"] is not None and run["gate_reasons"]
         assert (settings.home / run["artifact_path"] / "MANIFEST.json").is_file() and len(run["artifact_sha256"]) == 64
+    # Every promoted model was refitted on the whole history, linked to its gated run.
+    assert sorted(r["model"] for r in refits) == sorted(registry.names())
+    assert all(r["gated_model"] == r["model"] and r["gated_phase"] == "gated" for r in refits)
     autoint = runs[0]["metrics"]
     assert {"recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "users", "auc", "log_loss",
             "baselines"} <= set(autoint["production"])
@@ -101,7 +107,8 @@ def test_default_view_picks_one_model_per_user(nightly):
 def test_republishing_same_night_replaces_lists(nightly):
     settings, engine, result = nightly
     before = scalar(engine, "SELECT count(*) FROM recommendations")
-    again = pipeline.publish(settings, pipeline.make_plan(settings, AS_OF), result["evaluation"]["run_ids"])
+    again = pipeline.publish(settings, pipeline.make_plan(settings, AS_OF), result["evaluation"]["run_ids"],
+                             [d["run_id"] for d in result["refits"]["decisions"]])
     assert len(again["published"]) == len(registry.names())
     assert scalar(engine, "SELECT count(*) FROM recommendations") == before
 
