@@ -21,7 +21,7 @@ average before and after. Goals (issue #12): GRU4Rec >= 10x the seed loop, AutoI
 >= 2x the seed's fit.
 
     python bench/seed_compare.py [--rounds 2] [--gru-steps 1500] [--gru-epochs 1] [--autoint-epochs 1]
-    python bench/seed_compare.py --profile     # what limits our GRU4Rec rate (adds "profile")
+    python bench/seed_compare.py --profile     # variants of both models (adds "profile")
 """
 from __future__ import annotations
 
@@ -285,6 +285,46 @@ def _autoint_without_auc():
         autoint.compile_autoint = original
 
 
+@contextlib.contextmanager
+def _one_gemm_projection():
+    """Swap recpipe's InteractingLayer for a variant that projects Q, K, V and the
+    residual with ONE matmul and slices the activations per head (same weights, same
+    math): a probe of whether the per-head thin matmuls cost more than slicing."""
+    from keras import ops
+
+    import recpipe.models.autoint as autoint
+
+    original = autoint.InteractingLayer
+
+    class OneGemm(original):
+        def call(self, inputs):
+            width, hd = self.heads * self.head_dim, self.head_dim
+            n_fields, d_in = inputs.shape[1], inputs.shape[-1]
+            proj = ops.matmul(ops.reshape(inputs, (-1, d_in)), self.kernel)
+
+            def part(col, size):
+                return ops.reshape(proj[:, col:col + size], (-1, n_fields, size))
+
+            heads = []
+            for h in range(self.heads):
+                q, k, v = part(h * hd, hd), part(width + h * hd, hd), part(2 * width + h * hd, hd)
+                scores = ops.matmul(q, ops.transpose(k, (0, 2, 1)))
+                if self.scaling:
+                    scores = scores / float(np.sqrt(hd))
+                heads.append(ops.matmul(ops.softmax(scores, axis=-1), v))
+            out = ops.concatenate(heads, axis=-1)
+            if self.use_res:
+                out = out + part(3 * width, width)
+            out = ops.relu(out)
+            return self.norm(out) if self.norm is not None else out
+
+    autoint.InteractingLayer = OneGemm
+    try:
+        yield
+    finally:
+        autoint.InteractingLayer = original
+
+
 def profile(args) -> dict:
     """Variants of our GRU4Rec and AutoInt+ fits (and of the seeds) on subsets; rates are
     rates, so subsets keep this short. Wall and CPU-time rates are both recorded."""
@@ -331,6 +371,13 @@ def profile(args) -> dict:
 
     run(ai, "ours_without_auc_metric", no_auc, "samples_per_s")
     run(ai, "ours_jit_compile", lambda: ours_autoint_jit(X, y, field_dims), "samples_per_s")
+
+    def one_gemm():
+        with _one_gemm_projection():
+            return ours_autoint(X, y, field_dims, 1)
+
+    run(ai, "ours_one_gemm_projection", one_gemm, "samples_per_s")
+    run(ai, "ours_seed000_config_again", lambda: ours_autoint(X, y, field_dims, 1), "samples_per_s")
 
     def seed_trained_attention():
         from recpipe.features import FIELDS
