@@ -74,7 +74,8 @@ def resolve_database_url(settings: Settings) -> str:
 
 def safe_url(url: str) -> str:
     """The URL with its password masked: the only form recpipe prints or logs."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
+    parsed = sa.engine.make_url(url)
+    return parsed.render_as_string(hide_password=bool(parsed.password))
 
 
 def make_engine(settings: Settings) -> Engine:
