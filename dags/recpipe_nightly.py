@@ -163,13 +163,17 @@ def recpipe_nightly():
         return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"], checked["run_ids"])
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
-    def notify(night: dict) -> dict:
+    def notify() -> dict:
         """Sends the gate's alerts whatever publish did; a night that failed before the
-        gate has its candidates marked failed (each failed task already alerted)."""
+        gate has its candidates marked failed (each failed task already alerted). It pulls
+        what it needs itself: an XCom argument from a failed `plan` would keep it from running."""
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
         context = get_current_context()
+        night = context["ti"].xcom_pull(task_ids="plan")
+        if night is None:  # the plan was refused: that task's failure alert says why
+            return {"alert_ids": [], "sent": [], "skipped": "no plan"}
         plan_ = NightPlan.from_dict(night)
         decision = context["ti"].xcom_pull(task_ids="gate")
         checked = context["ti"].xcom_pull(task_ids="check_refits") or {}
@@ -202,7 +206,7 @@ def recpipe_nightly():
         night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
     # A teardown: it runs whatever publish did, and the run's state stays publish's
     # (a plain all_done leaf would turn a failed night green).
-    publish(night, decision, check_refits(night, refits)) >> notify(night).as_teardown()
+    publish(night, decision, check_refits(night, refits)) >> notify().as_teardown()
 
 
 recpipe_nightly()

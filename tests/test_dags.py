@@ -136,7 +136,7 @@ def test_nightly_dag_shape(dag_info):
         assert tasks[f"refit_{model}"]["upstream"] == ["plan", "rebuild_refit_inputs", f"train_{model}"]
     assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
     assert tasks["publish"]["upstream"] == ["check_refits", "gate", "plan"]
-    assert tasks["notify"]["upstream"] == ["plan", "publish"]
+    assert tasks["notify"]["upstream"] == ["publish"]
     for task_id, task in tasks.items():
         expected_queue = "gpu" if task_id in ACCELERATED else "default"
         assert task["queue"] == expected_queue, task_id
