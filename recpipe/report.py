@@ -205,7 +205,8 @@ def _metric_history(engine: Engine, night: datetime, nights: int, metric: str) -
     limit = max(64, 8 * nights)
     while True:
         recent = runs.listing(engine, None, limit)
-        real = [r for r in recent if not r.dry_run and r.as_of <= night]
+        # The gated runs carry the night's production metrics (a refit is not evaluated).
+        real = [r for r in recent if not r.dry_run and r.phase == "gated" and r.as_of <= night]
         wanted = sorted({r.as_of for r in real}, reverse=True)[:nights]
         if len(recent) < limit or (len(wanted) == nights and recent[-1].as_of < wanted[-1]):
             break
@@ -299,18 +300,22 @@ def collect(engine: Engine, night: datetime, *, history_nights: int = HISTORY_NI
     """Every number of the night's report, read from the database (JSON-able)."""
     night = _utc(night)
     night_runs = _night_runs(engine, night)
-    run_ids = [r.run_id for r in night_runs]
+    # A model's shipped lists are its refit's when it was refitted (two-phase nights).
+    refits = {r.model: r for r in runs.of_night(engine, night, phase="refit")}
+    run_ids = [r.run_id for r in night_runs] + [r.run_id for r in refits.values()]
     # One snapshot: a publish running meanwhile cannot mix its lists into half the figures.
     with engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
         live = {row.model: row for row in conn.execute(sa.text(PUBLISHED_SQL))}
         popularity = dict(conn.execute(sa.text(CATALOGUE_SQL), {"night": night}).all())
-        lists = {r.model: _list_figures(conn, r, night, popularity) for r in night_runs}
+        lists = {r.model: (r.model in refits and _list_figures(conn, refits[r.model], night, popularity))
+                 or _list_figures(conn, r, night, popularity) for r in night_runs}
         alerts = [dict(a) for a in conn.execute(sa.text(ALERTS_SQL), {"runs": run_ids}).mappings()]
         ingest = _ingest_figures(conn, night)
     for alert in alerts:
         alert["created_at"] = _iso(alert["created_at"])
         alert["value"], alert["threshold"] = _float(alert["value"]), _float(alert["threshold"])
-    went_live = [r.model for r in night_runs if r.model in live and live[r.model].run_id == r.run_id]
+    went_live = [r.model for r in night_runs if r.model in live
+                 and live[r.model].run_id in (r.run_id, getattr(refits.get(r.model), "run_id", None))]
     return {
         "night": night.isoformat(),
         "training_cutoff": _training_cutoff(night_runs),

@@ -74,7 +74,7 @@ def nights(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
 
 def night_runs(engine, night) -> pd.DataFrame:
     return frame(engine, "SELECT run_id, model, status, metrics, plan, gate_reasons FROM model_runs"
-                         " WHERE as_of = %(t)s AND NOT dry_run ORDER BY model", {"t": night})
+                         " WHERE as_of = %(t)s AND NOT dry_run AND phase = 'gated' ORDER BY model", {"t": night})
 
 
 def test_page_is_self_contained(nights):
