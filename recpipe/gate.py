@@ -210,21 +210,18 @@ def refit_checks(gated_lists, refit_lists, users, rules: GateRules) -> list[dict
     import numpy as np
 
     failures = []
-    served = {name: lists.loc[~lists["fallback"], "user_id"].nunique() for name, lists in
-              (("gated", gated_lists), ("refit", refit_lists))}
-    ratio = served["refit"] / served["gated"] if served["gated"] else 1.0
-    if ratio < rules.refit_min_served_ratio:
-        failures.append({"rule": "refit_served_users", "metric": "served_ratio", "value": ratio,
-                         "threshold": rules.refit_min_served_ratio,
-                         "message": f"the refit serves {served['refit']} of {len(users)} users without fallback,"
-                                    f" the gated run {served['gated']} (ratio {ratio:.2f})"})
-    coverage = {name: lists["movie_id"].nunique() for name, lists in (("gated", gated_lists), ("refit", refit_lists))}
-    ratio = coverage["refit"] / coverage["gated"] if coverage["gated"] else 1.0
-    if ratio < rules.refit_min_coverage_ratio:
-        failures.append({"rule": "refit_coverage", "metric": "coverage_ratio", "value": ratio,
-                         "threshold": rules.refit_min_coverage_ratio,
-                         "message": f"the refit's lists hold {coverage['refit']} distinct movies, the gated run's"
-                                    f" {coverage['gated']} (ratio {ratio:.2f})"})
+
+    def ratio_check(rule, metric, count, floor, what):
+        gated, refit = count(gated_lists), count(refit_lists)
+        ratio = refit / gated if gated else 1.0
+        if ratio < floor:
+            failures.append({"rule": rule, "metric": metric, "value": ratio, "threshold": floor,
+                             "message": f"the refit {what} {refit}, the gated run {gated} (ratio {ratio:.2f})"})
+
+    ratio_check("refit_served_users", "served_ratio", lambda l: l.loc[~l["fallback"], "user_id"].nunique(),
+                rules.refit_min_served_ratio, f"serves without fallback, of {len(users)} users,")
+    ratio_check("refit_coverage", "coverage_ratio", lambda l: l["movie_id"].nunique(),
+                rules.refit_min_coverage_ratio, "lists distinct movies:")
     scores = refit_lists.loc[~refit_lists["fallback"], "score"].to_numpy(dtype=float)
     if len(scores) and (not np.isfinite(scores).all() or np.ptp(scores) == 0):
         failures.append({"rule": "refit_scores", "metric": "score_spread", "value": float(np.nan_to_num(np.ptp(scores))),

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from recpipe import db
 from recpipe.config import Settings
+from recpipe.ingest import ingest
 from recpipe.synthetic import SyntheticSpec, write_movielens
 
 ML1M_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-1m"
@@ -87,3 +88,14 @@ def ml1m_dir() -> Path:
     if not (ML1M_DIR / "ratings.dat").is_file():
         pytest.skip(f"MovieLens-1M not found at {ML1M_DIR}")
     return ML1M_DIR
+
+
+@pytest.fixture(scope="module")
+def ingested(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
+    """(settings, engine) of an emptied database holding the generated data, for a module
+    whose tests share one real night."""
+    with migrated_engine.begin() as conn:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
+    settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), source_dir=synthetic_dir)
+    ingest(migrated_engine, synthetic_dir)
+    return settings, migrated_engine

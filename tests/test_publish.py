@@ -36,16 +36,9 @@ def scalar(engine, sql, params=None):
 
 
 @pytest.fixture(scope="module")
-def nightly(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
+def nightly(ingested):
     """One nightly run on the generated data, shared by the tests of this module."""
-    from recpipe.config import Settings
-
-    with migrated_engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE alerts, published_runs, recommendations, model_runs, sessions, session_builds,"
-            " artifacts, rejected_rows, ratings, ingest_batches, movies, users RESTART IDENTITY CASCADE")
-    settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), source_dir=synthetic_dir)
-    ingest(migrated_engine, synthetic_dir)
+    settings, migrated_engine = ingested
     plan = pipeline.make_plan(settings, AS_OF, model_overrides=FAST, gate_overrides=EASY_GATE)
     result = pipeline.run_nightly(settings, plan)
     return settings, migrated_engine, result

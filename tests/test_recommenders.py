@@ -24,16 +24,9 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def night(migrated_engine, database_url, synthetic_dir, tmp_path_factory):
+def night(ingested):
     """Every registered model trained for one night on the generated data."""
-    from recpipe.config import Settings
-
-    with migrated_engine.begin() as conn:
-        conn.exec_driver_sql(
-            "TRUNCATE alerts, published_runs, recommendations, model_runs, sessions, session_builds,"
-            " artifacts, rejected_rows, ratings, ingest_batches, movies, users RESTART IDENTITY CASCADE")
-    settings = Settings(database_url=database_url, home=tmp_path_factory.mktemp("home"), source_dir=synthetic_dir)
-    ingest(migrated_engine, synthetic_dir)
+    settings, migrated_engine = ingested
     plan = pipeline.make_plan(settings, NIGHT, epochs=1,
                               model_overrides={m: SMALL.get(m, {}) for m in registry.names()})
     inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan),
