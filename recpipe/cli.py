@@ -243,6 +243,18 @@ def _write_out(path, payload) -> None:
 def cmd_publish(args, settings: Settings) -> int:
     from recpipe import pipeline, runs
 
+    if args.rollback:
+        from recpipe.publish import RollbackError, rollback
+
+        try:
+            done = rollback(_engine(settings), args.rollback)
+        except RollbackError as exc:
+            raise SystemExit(f"recpipe: {exc}") from exc
+        _print(done, args.json, f"{done['model']}: live lists are run {done['to_run_id']} of {done['to_night'][:10]}"
+                                f" again (run {done['from_run_id']} of {done['from_night'][:10]} marked rejected)")
+        return 0
+    if args.as_of is None:
+        raise SystemExit("recpipe publish: --as-of NIGHT (or --rollback MODEL) is required")
     night_runs = runs.of_night(_engine(settings), args.as_of)
     wanted = [r.run_id for r in night_runs if not args.model or r.model in args.model or r.is_baseline]
     if not wanted:
@@ -382,8 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("publish", help="publish the promoted runs of a night")
-    p.add_argument("--as-of", type=parse_time, required=True)
+    p = sub.add_parser("publish", help="publish the promoted runs of a night, or roll a model back")
+    p.add_argument("--as-of", type=parse_time)
+    p.add_argument("--rollback", metavar="MODEL", choices=registry.names(),
+                   help="make MODEL's previous live lists live again (the current ones are marked rejected)")
     p.add_argument("--model", action="append", choices=registry.names())
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--json", action="store_true")
