@@ -3,7 +3,7 @@ evaluate, gate, publish, notify.
 
     plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
-         >> publish >> notify
+         >> publish >> [learned_lists_shipped, notify]
 
 `plan` builds the night's plan once (the night = the run's data interval end, or the
 `as_of` param) and validates every trigger parameter: a bad one fails the run at
@@ -14,7 +14,8 @@ After the gate, each promoted model is refitted on every rating before the night
 (`refit_<model>`, same queue) and `check_refits` compares it with its gated run; the
 checked refit is what `publish` ships (the gated run when the check fails, or when the
 plan's `ship` is "gated").
-`notify` is a teardown task: it runs whatever happened upstream, so the gate's alerts
+`learned_lists_shipped` is skipped when the gate promoted no learned model, so such a
+night does not look all green; `notify` is a teardown task: it runs whatever happened upstream, so the gate's alerts
 are sent even when `publish` fails, and the run still ends failed then. XCom carries the plan, ids and figures only.
 """
 from __future__ import annotations
@@ -130,7 +131,7 @@ def recpipe_nightly():
         from recpipe.plan import NightPlan
 
         result = pipeline.gate(settings(), NightPlan.from_dict(night), evaluation["run_ids"])
-        return {key: result[key] for key in ("promoted", "rejected", "alert_ids", "run_ids")}
+        return {key: result[key] for key in ("promoted", "rejected", "learned_promoted", "alert_ids", "run_ids")}
 
     @task
     def rebuild_refit_inputs(night: dict, decision: dict) -> dict:
@@ -161,6 +162,17 @@ def recpipe_nightly():
         from recpipe.plan import NightPlan
 
         return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"], checked["run_ids"])
+
+    @task
+    def learned_lists_shipped(decision: dict) -> list[str]:
+        """Skipped, visibly in the grid, on a night when the gate promoted no learned model:
+        the run is not all green although nothing failed (the alert says why)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not decision.get("learned_promoted"):
+            raise AirflowSkipException("no learned model was promoted tonight: their live lists stay the previous"
+                                       " night's (see the gate's alerts); only the baselines were refreshed")
+        return decision["learned_promoted"]
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def notify() -> dict:
@@ -206,7 +218,9 @@ def recpipe_nightly():
         night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
     # A teardown: it runs whatever publish did, and the run's state stays publish's
     # (a plain all_done leaf would turn a failed night green).
-    publish(night, decision, check_refits(night, refits)) >> notify().as_teardown()
+    published = publish(night, decision, check_refits(night, refits))
+    published >> learned_lists_shipped(decision)
+    published >> notify().as_teardown()
 
 
 recpipe_nightly()

@@ -124,10 +124,12 @@ def on_failure_callback(context) -> None:
     """Task failure callback: record a `task_failed` alert (model, task, run) and notify.
 
     Runs in the failed task's process; never raises (a callback error would hide the
-    task's own failure).
+    task's own failure). When the recpipe database is unreachable the alert is sent
+    first and kept in RECPIPE_HOME's pending file, recorded by the next alert that
+    reaches the database.
     """
     try:
-        from recpipe.alerts import TASK_FAILED, fetch_alerts, record_alert
+        from recpipe.alerts import TASK_FAILED, fetch_alerts, hold_pending, record_alert, record_pending
         from recpipe.db import make_engine
 
         ti = context.get("ti") or context.get("task_instance")
@@ -135,7 +137,6 @@ def on_failure_callback(context) -> None:
         task_id = getattr(ti, "task_id", None)
         run_id = getattr(ti, "run_id", None) or context.get("run_id")
         try_number = getattr(ti, "try_number", None)
-        airflow_ctx = f"dag_id={dag_id} run_id={run_id} task_id={task_id} try={try_number}"
         exception = context.get("exception")
         model = _model_of_task(task_id)
         message = (
@@ -143,10 +144,19 @@ def on_failure_callback(context) -> None:
             + (f" training {model}" if model else "")
             + (f": {type(exception).__name__}: {exception}" if exception is not None else "")
         )
-        settings = task_settings()
-        engine = make_engine(settings)
-        alert_id = record_alert(engine, kind=TASK_FAILED, severity="error", model=model, context=airflow_ctx,
-                                message=message[:4000])
-        notify(fetch_alerts(engine, [alert_id]), context, engine=engine, settings=settings)
+        alert = dict(kind=TASK_FAILED, severity="error", model=model, message=message[:4000],
+                     context=f"dag_id={dag_id} run_id={run_id} task_id={task_id} try={try_number}")
+        settings = Settings.from_env()
+        try:
+            settings = task_settings()
+            engine = make_engine(settings)
+            record_pending(engine, settings.home)
+            rows = fetch_alerts(engine, [record_alert(engine, **alert)])
+        except Exception as exc:  # the recpipe database is down: the notifiers come first
+            log.error("the recpipe database is unreachable (%s): sending the alert, keeping it to record later",
+                      type(exc).__name__)
+            hold_pending(settings.home, alert, send([alert | {"alert_id": None}], settings, context))
+            return
+        notify(rows, context, engine=engine, settings=settings)
     except Exception:
         log.exception("on_failure_callback could not record or send the task_failed alert")

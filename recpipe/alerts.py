@@ -1,10 +1,17 @@
 """Alerts: a row in `alerts` and a WARNING log line, always.
 
 Sending them (SMTP, Slack through Airflow's notifiers) is recpipe.airflow_bridge.notify.
+When the recpipe database cannot take the row, the alert is sent first and kept in
+RECPIPE_HOME/alerts_pending.jsonl; the next alert that reaches the database records
+the pending ones (with their original time and the channels they went to).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -14,6 +21,9 @@ log = logging.getLogger("recpipe.alerts")
 GATE_REJECTED = "gate_rejected"
 METRIC_REGRESSION = "metric_regression"
 TASK_FAILED = "task_failed"
+ALL_REJECTED = "all_rejected"
+PENDING_FILE = "alerts_pending.jsonl"
+_COLUMNS = ("severity", "kind", "model", "metric", "value", "threshold", "run_id", "context", "message")
 
 
 def record_alert(
@@ -58,7 +68,7 @@ def fetch_alerts(engine: Engine, alert_ids: list[int]) -> list[dict]:
 
 def format_alert(alert: dict) -> str:
     """One line: kind, model, metric, value vs threshold, model run, Airflow context, message."""
-    parts = [f"#{alert.get('alert_id')} [{alert.get('severity', 'warning')}] {alert.get('kind')}"]
+    parts = [f"#{alert.get('alert_id') or 'unrecorded'} [{alert.get('severity', 'warning')}] {alert.get('kind')}"]
     if alert.get("model"):
         parts.append(f"model={alert['model']}")
     if alert.get("metric"):
@@ -75,8 +85,6 @@ def format_alert(alert: dict) -> str:
 
 
 def mark_notified(engine: Engine, alert_ids: list[int], channels: list[str]) -> None:
-    import json
-
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -86,3 +94,46 @@ def mark_notified(engine: Engine, alert_ids: list[int], channels: list[str]) -> 
             ),
             {"channels": json.dumps(channels), "ids": list(alert_ids)},
         )
+
+
+def hold_pending(home: Path, alert: dict, notified: list[str]) -> Path:
+    """Keep an alert the database could not store (already sent to `notified`)."""
+    path = Path(home) / PENDING_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {key: alert.get(key) for key in _COLUMNS} | {
+        "created_at": datetime.now(timezone.utc).isoformat(), "notified": list(notified)}
+    with path.open("a", encoding="utf-8") as out:  # one short line per append: O_APPEND keeps lines whole
+        out.write(json.dumps(row) + "\n")
+    log.warning("ALERT (database unreachable, kept in %s) [%s] %s", path, alert.get("kind"), alert.get("message"))
+    return path
+
+
+def record_pending(engine: Engine, home: Path) -> list[int]:
+    """Store the alerts kept by hold_pending; returns their new alert_ids.
+
+    The file is renamed before it is read, so an alert held meanwhile starts a new file;
+    when the insert fails the lines go back into the pending file."""
+    path = Path(home) / PENDING_FILE
+    if not path.is_file():
+        return []
+    taken = path.with_name(f"{PENDING_FILE}.{os.getpid()}")
+    try:
+        path.replace(taken)
+    except FileNotFoundError:  # another process took them
+        return []
+    lines = [line for line in taken.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        with engine.begin() as conn:
+            ids = [conn.execute(sa.text(
+                "INSERT INTO alerts (created_at, notified, " + ", ".join(_COLUMNS) + ")"
+                " VALUES (:created_at, CAST(:notified AS jsonb), " + ", ".join(f":{c}" for c in _COLUMNS) + ")"
+                " RETURNING alert_id"), row | {"notified": json.dumps(row.get("notified") or [])}).scalar_one()
+                for row in map(json.loads, lines)]
+    except Exception:
+        with path.open("a", encoding="utf-8") as out:
+            out.writelines(line + "\n" for line in lines)
+        taken.unlink()
+        raise
+    taken.unlink()
+    log.info("recorded %d alert(s) held while the database was unreachable: %s", len(ids), ids)
+    return ids

@@ -10,6 +10,7 @@ import logging
 import time
 from datetime import datetime
 
+from recpipe import registry
 from recpipe.config import PipelineParams, Settings
 from recpipe.plan import NightInputs, NightPlan
 
@@ -122,16 +123,29 @@ def evaluate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
 
 
 def gate(settings: Settings, plan: NightPlan, run_ids: list[int]) -> dict:
+    """Decide every candidate; a night where no learned model passes gets one
+    `all_rejected` alert besides the rejections."""
+    from recpipe import alerts
     from recpipe.gate import GateRules, gate_runs
 
     engine = _engine(settings)
     decisions = gate_runs(engine, run_ids, GateRules(**plan.gate_rules), context=plan.context,
                           alert=not plan.dry_run)
+    learned = [d for d in decisions if not registry.spec(d.model).baseline]
+    alert_ids = [a for d in decisions for a in d.alert_ids]
+    if learned and not any(d.promoted for d in learned) and not plan.dry_run:
+        # One summary row, sent in the same message as the rejections it sums up.
+        alert_ids.append(alerts.record_alert(
+            engine, kind=alerts.ALL_REJECTED, severity="error", context=plan.context,
+            message=f"no learned model promoted for the night of {plan.night:%Y-%m-%d}"
+                    f" ({', '.join(sorted(d.model for d in learned))} rejected): their live lists stay the"
+                    f" previous night's; only the baselines were refreshed"))
     return {
         "promoted": [d.run_id for d in decisions if d.promoted],
         "rejected": [d.run_id for d in decisions if not d.promoted],
+        "learned_promoted": [d.model for d in learned if d.promoted],
         "decisions": [d.to_dict() for d in decisions],
-        "alert_ids": [a for d in decisions for a in d.alert_ids],
+        "alert_ids": alert_ids,
         "run_ids": [int(r) for r in run_ids],
     }
 
@@ -216,6 +230,7 @@ def notify(settings: Settings, plan: NightPlan, alert_ids: list[int], context=No
     from recpipe import airflow_bridge, alerts
 
     engine = _engine(settings)
+    alerts.record_pending(engine, settings.home)  # alerts sent while the database was down
     rows = alerts.fetch_alerts(engine, alert_ids)
     sent = airflow_bridge.notify(rows, context, engine=engine, settings=settings) if rows else []
     return {"alert_ids": [int(a) for a in alert_ids], "sent": sent}

@@ -23,7 +23,7 @@ HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.p
 MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
 NIGHTLY_TASKS = {"plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
                  "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
-                 "publish", "notify"}
+                 "publish", "learned_lists_shipped", "notify"}
 ACCELERATED = {"train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"}
 
 
@@ -137,6 +137,7 @@ def test_nightly_dag_shape(dag_info):
     assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
     assert tasks["publish"]["upstream"] == ["check_refits", "gate", "plan"]
     assert tasks["notify"]["upstream"] == ["publish"]
+    assert tasks["learned_lists_shipped"]["upstream"] == ["gate", "publish"]
     for task_id, task in tasks.items():
         expected_queue = "gpu" if task_id in ACCELERATED else "default"
         assert task["queue"] == expected_queue, task_id
@@ -403,6 +404,30 @@ def test_ingest_task_failure_records_an_alert(airflow_home, engine, settings, tm
     assert "dag_id=recpipe_ingest" in rows[0].context and "task_id=ingest" in rows[0].context
 
 
+def test_a_failure_with_the_recpipe_database_down_still_reaches_the_notifiers(airflow_home, engine, settings,
+                                                                             channels):
+    """The alert goes out first; it is kept in RECPIPE_HOME and recorded once the database is back."""
+    from recpipe import alerts
+
+    smtp, slack = channels
+    down = "postgresql+psycopg2://postgres@127.0.0.1:1/recpipe"  # nothing answers there, as with a stopped server
+    env = {**_recpipe_env(settings), "RECPIPE_DATABASE_URL": down, **{k: os.environ[k] for k in (
+        "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")}}
+    proc = airflow_home.airflow("dags", "test", "recpipe_ingest", "2000-05-11", env=env, check=False)
+    assert proc.returncode != 0
+    (raw,) = smtp.messages
+    message = email.message_from_bytes(raw)
+    body = "".join(p.get_payload(decode=True).decode() for p in message.walk() if p.get_content_type() == "text/html")
+    assert "task_failed" in message["Subject"] and "task_id=ingest" in body and len(slack.posts) == 1
+    pending = settings.home / alerts.PENDING_FILE
+    assert len(pending.read_text().splitlines()) == 1
+
+    (alert_id,) = alerts.record_pending(engine, settings.home)  # the database is back
+    (row,) = alerts.fetch_alerts(engine, [alert_id])
+    assert row["kind"] == "task_failed" and "dag_id=recpipe_ingest" in row["context"]
+    assert sorted(row["notified"]) == ["slack", "smtp"] and not pending.exists()
+
+
 def _pipeline_has(*names: str) -> bool:
     from recpipe import pipeline
 
@@ -450,22 +475,38 @@ def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings
 
 @pytest.mark.slow
 @needs_pipeline
-def test_nightly_forced_regression_alerts_and_publishes_nothing(airflow_home, engine, settings):
+def test_nightly_forced_regression_alerts_and_publishes_nothing(airflow_home, engine, settings, channels):
+    """Every learned model rejected: nothing of theirs is published, the run is not all green
+    (learned_lists_shipped is skipped with the reason) and the on-call gets one message."""
     from recpipe import pipeline
+    from recpipe.main import last_dag_run
 
+    smtp, slack = channels
     pipeline.ingest_interval(settings, None, None)
     impossible = {"floors": {"autoint": {"ndcg_at_10": 2.0}, "gru4rec": {"ndcg_at_10": 2.0}}}
-    proc = _nightly(airflow_home, settings, {"epochs": 1, "gate_overrides": impossible})
+    env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
+        "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")}}
+    proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf",
+                                json.dumps({"epochs": 1, "gate_overrides": impossible}), env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
     with engine.connect() as conn:
-        alerts = conn.execute(sa.text("SELECT kind, model, metric, value, threshold, context FROM alerts")).all()
+        alerts = conn.execute(sa.text("SELECT kind, model, metric, value, threshold, context, notified FROM alerts")).all()
         runs = dict(conn.execute(sa.text(
             "SELECT model, status FROM model_runs WHERE model IN ('autoint', 'gru4rec')")).all())
         published = conn.execute(sa.text("SELECT model FROM published_runs")).scalars().all()
     assert runs == {"autoint": "rejected", "gru4rec": "rejected"}
-    assert {a.model for a in alerts} >= {"autoint", "gru4rec"}
-    assert all(a.threshold is not None and a.value is not None and a.metric for a in alerts)
+    per_model = [a for a in alerts if a.kind != "all_rejected"]
+    assert {a.model for a in per_model} >= {"autoint", "gru4rec"}
+    assert all(a.threshold is not None and a.value is not None and a.metric for a in per_model)
+    assert [a.kind for a in alerts].count("all_rejected") == 1
+    assert all(sorted(a.notified) == ["slack", "smtp"] for a in alerts)
     assert not (set(published) & {"autoint", "gru4rec"})
+    state, tasks = last_dag_run(airflow_home.root / "airflow.db", "recpipe_nightly")
+    states = {task: s for task, s, _ in tasks}
+    assert states["learned_lists_shipped"] == "skipped" and states["publish"] == "success", states
+    assert "no learned model was promoted tonight" in proc.stdout + proc.stderr
+    (raw,) = smtp.messages  # one message for the whole night
+    assert "all_rejected" in email.message_from_bytes(raw)["Subject"] and len(slack.posts) == 1
 
 
 @pytest.mark.slow
