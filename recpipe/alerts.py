@@ -22,6 +22,7 @@ GATE_REJECTED = "gate_rejected"
 METRIC_REGRESSION = "metric_regression"
 TASK_FAILED = "task_failed"
 ALL_REJECTED = "all_rejected"
+DEADLINE_MISSED = "deadline_missed"
 PENDING_FILE = "alerts_pending.jsonl"
 _COLUMNS = ("severity", "kind", "model", "metric", "value", "threshold", "run_id", "context", "message")
 

@@ -7,6 +7,7 @@ the DAG files read these settings while Airflow parses them.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,6 +27,25 @@ def _utc(text: str) -> datetime:
 
 def _days(text: str | None, default: timedelta) -> timedelta:
     return timedelta(days=float(text)) if text else default
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h|d)\s*$")
+_UNITS = {"s": "seconds", "min": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str, name: str) -> timedelta:
+    """"6h", "90min", "45s", "1d": a duration always carries its unit."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{name}={text!r}: give a number with its unit: s, min, h or d (e.g. 6h, 90min)")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+def _deadline(text: str | None, default: timedelta) -> timedelta:
+    value = parse_duration(text, "RECPIPE_PUBLISH_DEADLINE") if text else default
+    if not timedelta(0) < value < timedelta(days=1):
+        raise ValueError(f"RECPIPE_PUBLISH_DEADLINE={text!r}: between 0 and 24 hours after the night's midnight")
+    return value
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,8 @@ class Settings:
     alert_email_from: str | None = None
     # `make run` only: both models' epochs (quick smoke runs).
     epochs: int | None = None
+    # A night's lists must be published by its UTC midnight plus this (recpipe_deadline alerts otherwise).
+    publish_deadline: timedelta = timedelta(hours=6)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -79,6 +101,7 @@ class Settings:
             alert_email=env.get("RECPIPE_ALERT_EMAIL") or None,
             alert_email_from=env.get("RECPIPE_ALERT_EMAIL_FROM") or None,
             epochs=int(env["RECPIPE_EPOCHS"]) if env.get("RECPIPE_EPOCHS") else None,
+            publish_deadline=_deadline(env.get("RECPIPE_PUBLISH_DEADLINE"), defaults.publish_deadline),
         )
 
     def with_(self, **changes) -> "Settings":

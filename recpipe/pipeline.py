@@ -236,6 +236,40 @@ def notify(settings: Settings, plan: NightPlan, alert_ids: list[int], context=No
     return {"alert_ids": [int(a) for a in alert_ids], "sent": sent}
 
 
+def check_deadline(settings: Settings, day: datetime, context=None) -> dict:
+    """Alert (once per day) when no run of `day`'s night (UTC) has published lists by
+    the deadline: a failed or late nightly, or one that never started (no ingest)."""
+    from datetime import timedelta
+
+    import sqlalchemy as sa
+
+    from recpipe import airflow_bridge, alerts
+    from recpipe.db import statement
+
+    day_start = day.replace(hour=0, minute=0, second=0, microsecond=0)
+    key = f"night={day_start:%Y-%m-%d}"
+    engine = _engine(settings)
+    with engine.connect() as conn:
+        published = conn.execute(statement("night_published"),
+                                 {"day_start": day_start, "day_end": day_start + timedelta(days=1)}).mappings().all()
+        already = conn.execute(statement("deadline_alerted"), {"context": key}).scalar()
+    result = {"night": f"{day_start:%Y-%m-%d}", "deadline": (day_start + settings.publish_deadline).isoformat(),
+              "published": sorted({r["model"] for r in published}), "alert_id": already, "sent": []}
+    if published or already is not None:
+        log.info("deadline check %s", result)
+        return result
+    alert_id = alerts.record_alert(
+        engine, kind=alerts.DEADLINE_MISSED, severity="error", context=key,
+        message=f"the night of {day_start:%Y-%m-%d} has published no lists by {result['deadline']}"
+                f" (RECPIPE_PUBLISH_DEADLINE {settings.publish_deadline} after midnight UTC): check that day's"
+                " recpipe_ingest and recpipe_nightly runs")
+    alerts.record_pending(engine, settings.home)
+    result["alert_id"] = alert_id
+    result["sent"] = airflow_bridge.notify(alerts.fetch_alerts(engine, [alert_id]), context,
+                                           engine=engine, settings=settings)
+    return result
+
+
 def report(settings: Settings, plan: NightPlan) -> dict:
     """The night's report (HTML + PNG figures), registered as an artifact."""
     from recpipe.report import write_night_report

@@ -3,6 +3,7 @@ alert notifications through Airflow notifiers, and real `airflow dags test` runs
 from __future__ import annotations
 
 import email
+from datetime import timedelta
 import json
 import os
 import socketserver
@@ -98,7 +99,7 @@ def dag_info(airflow_home) -> dict:
 # ---------------------------------------------------------------------------------------
 def test_dags_import_without_errors(dag_info):
     assert dag_info["import_errors"] == {}
-    assert set(dag_info["dags"]) == {"recpipe_ingest", "recpipe_nightly"}
+    assert set(dag_info["dags"]) == {"recpipe_ingest", "recpipe_nightly", "recpipe_deadline"}
 
 
 def test_ingest_dag_has_real_daily_data_intervals(dag_info):
@@ -426,6 +427,46 @@ def test_a_failure_with_the_recpipe_database_down_still_reaches_the_notifiers(ai
     (row,) = alerts.fetch_alerts(engine, [alert_id])
     assert row["kind"] == "task_failed" and "dag_id=recpipe_ingest" in row["context"]
     assert sorted(row["notified"]) == ["slack", "smtp"] and not pending.exists()
+
+
+def test_publish_deadline_is_a_duration_with_units(airflow_home):
+    from recpipe.config import Settings
+
+    assert Settings.from_env({}).publish_deadline == timedelta(hours=6)
+    assert Settings.from_env({"RECPIPE_PUBLISH_DEADLINE": "90min"}).publish_deadline == timedelta(minutes=90)
+    for bad in ("6", "25h", "6 hours", "0h"):
+        with pytest.raises(ValueError, match="RECPIPE_PUBLISH_DEADLINE"):
+            Settings.from_env({"RECPIPE_PUBLISH_DEADLINE": bad})
+    info = describe_dags(airflow_home, {"RECPIPE_PUBLISH_DEADLINE": "90min"})
+    assert info["dags"]["recpipe_deadline"]["expression"] == "30 1 * * *"
+
+
+def test_deadline_fires_once_for_a_night_without_lists(airflow_home, engine, settings, channels):
+    """recpipe_deadline at 06:00 UTC: the night of 2000-12-01 published nothing -> one
+    deadline_missed alert, sent; a rerun does not alert again; a night with lists is quiet."""
+    smtp, slack = channels
+    env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
+        "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")}}
+    for _ in range(2):
+        proc = airflow_home.airflow("dags", "test", "recpipe_deadline", "2000-12-01T07:00:00+00:00", env=env,
+                                    check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, context, message, notified FROM alerts")).all()
+    assert [(r.kind, r.context) for r in rows] == [("deadline_missed", "night=2000-12-01")]
+    assert "2000-12-01T06:00:00+00:00" in rows[0].message and sorted(rows[0].notified) == ["slack", "smtp"]
+    (raw,) = smtp.messages
+    assert "deadline_missed" in email.message_from_bytes(raw)["Subject"] and len(slack.posts) == 1
+
+    with engine.begin() as conn:  # the next night published (before its deadline)
+        run_id = conn.exec_driver_sql("INSERT INTO model_runs (model, as_of, status) VALUES"
+                                      " ('popularity', '2000-12-02T02:00:00+00:00', 'promoted') RETURNING run_id").scalar()
+        conn.exec_driver_sql("INSERT INTO recommendations VALUES (%(r)s, 1, 1, 1, 1.0, false)", {"r": run_id})
+    proc = airflow_home.airflow("dags", "test", "recpipe_deadline", "2000-12-02T07:00:00+00:00", env=env, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM alerts")).scalar_one() == 1
+    assert len(smtp.messages) == 1
 
 
 def _pipeline_has(*names: str) -> bool:
