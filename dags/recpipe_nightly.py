@@ -58,7 +58,9 @@ MODEL_PARAMS = {
                                     "floors": {"type": "object"},
                                     "refit_min_served_ratio": {"type": "number", "minimum": 0, "maximum": 1},
                                     "refit_min_coverage_ratio": {"type": "number", "minimum": 0, "maximum": 1},
-                                    "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1}},
+                                    "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "refit_holdout_days": {"type": "integer", "minimum": 0, "maximum": 60},
+                                    "refit_max_holdout_drop": {"type": "number", "minimum": 0, "maximum": 1}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "dry_run": Param(False, type="boolean",

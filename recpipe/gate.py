@@ -46,13 +46,23 @@ class GateRules:
     refit_min_served_ratio: float = 0.9  # users served without fallback, refit / gated
     refit_min_coverage_ratio: float = 0.5  # distinct movies in the lists, refit / gated
     refit_min_overlap: float = 0.01  # mean Jaccard of each user's two top-10s (random lists: ~0.001)
+    # ... and on the night's last days: the refit's compare_metric may trail the gated run's
+    # by at most this share. The refit trained on those days, so it can only look better
+    # there: falling behind means it is broken, not that the future changed.
+    refit_holdout_days: int = 7
+    refit_max_holdout_drop: float = 0.5
 
     def __post_init__(self):
         from recpipe import registry
 
         _number("tolerance", self.tolerance, 0.0, 1.0)
-        for key in ("refit_min_served_ratio", "refit_min_coverage_ratio", "refit_min_overlap"):
+        for key in ("refit_min_served_ratio", "refit_min_coverage_ratio", "refit_min_overlap",
+                    "refit_max_holdout_drop"):
             _number(key, getattr(self, key), 0.0, 1.0)
+        if isinstance(self.refit_holdout_days, bool) or not isinstance(self.refit_holdout_days, int) \
+                or not 0 <= self.refit_holdout_days <= 60:
+            raise GateRuleError(f"gate setting 'refit_holdout_days' must be an integer in [0, 60] (0: no holdout"
+                                f" check), got {self.refit_holdout_days!r}")
         if not isinstance(self.must_beat_baseline, bool):
             raise GateRuleError(f"gate setting 'must_beat_baseline' must be true or false,"
                                 f" got {self.must_beat_baseline!r}")
@@ -202,6 +212,7 @@ def gate_runs(engine: Engine, run_ids: list[int], rules: GateRules, context: str
     return decisions
 
 
+MIN_HOLDOUT_USERS = 5
 REFIT_SAMPLE_USERS = 1000  # users the two runs are compared on (every n-th known user)
 
 
@@ -237,6 +248,34 @@ def refit_checks(gated_lists, refit_lists, users, rules: GateRules) -> list[dict
     return failures
 
 
+REFIT_HOLDOUT_USERS = 200  # users of the last days the two runs are compared on
+
+
+def refit_holdout(store, gated, refit, night, rules: GateRules, k: int) -> dict:
+    """Both runs' compare_metric on the positives of [night - refit_holdout_days, night),
+    each user's earlier ratings as history; a failure when the refit trails by more than
+    refit_max_holdout_drop. Too few users there: no verdict (said in the message)."""
+    from datetime import timedelta
+
+    from recpipe.evaluation.production import holdout_metric
+
+    if not rules.refit_holdout_days:
+        return {"failures": [], "message": "no holdout check (refit_holdout_days 0)"}
+    start = night - timedelta(days=rules.refit_holdout_days)
+    metric = rules.compare_metric
+    values, users = holdout_metric(store, [gated, refit], start, night, k, metric, REFIT_HOLDOUT_USERS)
+    if users < MIN_HOLDOUT_USERS:
+        return {"failures": [], "message": f"last {rules.refit_holdout_days} days hold {users} users: no holdout check"}
+    gated_value, refit_value = values[gated.run_id], values[refit.run_id]
+    message = (f"{metric} on the last {rules.refit_holdout_days} days ({users} users): refit {refit_value:.4f},"
+               f" gated {gated_value:.4f}")
+    floor = (1 - rules.refit_max_holdout_drop) * gated_value
+    if refit_value < floor:
+        return {"failures": [{"rule": "refit_holdout", "metric": f"holdout_{metric}", "value": refit_value,
+                              "threshold": floor, "message": message}], "message": message}
+    return {"failures": [], "message": message}
+
+
 def check_refit(engine: Engine, store, history, gated, refit, rules: GateRules, k: int,
                 context: str | None = None) -> Decision:
     """Score both runs for a sample of users as of the night, record the refit's verdict
@@ -248,9 +287,11 @@ def check_refit(engine: Engine, store, history, gated, refit, rules: GateRules, 
     gated_lists = recommend(LoadedRun(store, gated), history, users, k, last)
     refit_lists = recommend(LoadedRun(store, refit), history, users, k, last)
     failures = refit_checks(gated_lists, refit_lists, users, rules)
+    holdout = refit_holdout(store, gated, refit, history.as_of, rules, k)
+    failures += holdout["failures"]
     status = runs.REJECTED if failures else runs.PROMOTED
     reasons = failures or [{"rule": "refit_checks", "message": f"refit of gated run {gated.run_id} passed its checks"
-                                                               f" on {len(users)} users"}]
+                                                               f" on {len(users)} users; {holdout['message']}"}]
     with engine.begin() as conn:
         runs.decide(conn, refit.run_id, status, reasons)
     decision = Decision(refit.run_id, refit.model, not failures, reasons)

@@ -62,6 +62,9 @@ def test_lists_published_as_of_the_night_have_seen_its_last_days(engine, setting
     assert {r.model for r in refits} >= {"popularity", "autoint", "gru4rec"}
     assert all(r.phase == "refit" and runs.get(engine, r.gated_run_id).phase == "gated" for r in refits)
     assert all(r.data_stats["train_until"] == night.isoformat() for r in refits)
+    # The last-days holdout ran (the new movie's 40 raters are in it) and is in the verdict.
+    assert all("ndcg_at_10 on the last 7 days" in r.gate_reasons[0]["message"] for r in refits), \
+        [r.gate_reasons for r in refits]
     with engine.connect() as conn:
         live = dict(conn.execute(sa.text(
             "SELECT p.model, r.phase FROM published_runs p JOIN model_runs r USING (run_id)")).all())
@@ -106,3 +109,12 @@ def test_shipping_gated_runs_is_a_setting(engine, settings, synthetic_dir):
     with engine.connect() as conn:
         phases = conn.execute(sa.text("SELECT DISTINCT r.phase FROM published_runs p JOIN model_runs r USING (run_id)"))
         assert [p for (p,) in phases] == ["gated"]
+
+
+def test_refit_holdout_settings_are_validated():
+    from recpipe.gate import GateRuleError, GateRules
+
+    assert GateRules(refit_holdout_days=0).refit_holdout_days == 0
+    for bad in ({"refit_holdout_days": -1}, {"refit_holdout_days": "7"}, {"refit_max_holdout_drop": 1.5}):
+        with pytest.raises(GateRuleError, match="refit_"):
+            GateRules(**bad)

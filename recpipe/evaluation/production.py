@@ -83,3 +83,23 @@ def evaluate_runs(store: Store, runs: list[Run], fallback: Run, cutoff: datetime
         results[run.run_id] = metrics
         log.info("%s run %s: %s", run.model, run.run_id, metrics)
     return results
+
+
+def holdout_metric(store: Store, runs: list[Run], cutoff: datetime, until: datetime, k: int, metric: str,
+                   max_users: int) -> tuple[dict[int, float], int]:
+    """`metric` of each run on the positives of [cutoff, until), at most `max_users` users
+    (every n-th), histories as of cutoff, no fallback lists: (run_id -> value, users)."""
+    test = holdout(store, cutoff, until)
+    positives = test[test["label"] == 1][["user_id", "movie_id"]]
+    users = np.sort(positives["user_id"].unique())
+    users = users[:: max(1, -(-len(users) // max_users))]
+    if len(users) == 0:
+        return {run.run_id: float("nan") for run in runs}, 0
+    positives = positives[positives["user_id"].isin(users)]
+    history = History.load(store, cutoff)
+    catalogue = len(store.movies())
+    values = {}
+    for run in runs:
+        lists = recommend(LoadedRun(store, run), history, users, k, [])
+        values[run.run_id] = float(ranking_metrics(lists, positives, catalogue, k)[metric])
+    return values, int(len(users))
