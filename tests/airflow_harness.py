@@ -11,7 +11,9 @@ PostgreSQL URL), and the RECPIPE_* settings of the recpipe tasks.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -24,6 +26,35 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO_ROOT / "dags"
 VENV_BIN = Path(sys.executable).parent
 AIRFLOW_BIN = str(VENV_BIN / "airflow")
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
+# The long-running Airflow services of the compose file (airflow-init, airflow-cli and
+# flower are one-shot or optional tools).
+COMPOSE_COMPONENTS = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                      "airflow-worker", "airflow-worker-gpu")
+_COMPOSE_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def _compose_value(text: str) -> str:
+    """Compose's interpolation: ${VAR:-default} (the default when VAR is unset or empty), $$ → $."""
+    expanded = _COMPOSE_VAR.sub(lambda m: os.environ.get(m[1]) or (m[2] or ""), str(text))
+    return expanded.replace("$$", "$")
+
+
+def compose_services(path: Path = COMPOSE_FILE) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """(airflow arguments, environment) of every service that runs the Airflow image with a
+    command, exactly as docker-compose.yaml gives them (anchors and `<<` merges resolved)."""
+    import yaml
+
+    services = yaml.safe_load(path.read_text())["services"]
+    found = {}
+    for name, service in services.items():
+        command, environment = service.get("command"), service.get("environment") or {}
+        if command is None or "AIRFLOW__CORE__EXECUTOR" not in environment:
+            continue  # postgres, redis: this machine's own servers stand in for them
+        args = shlex.split(_compose_value(command)) if isinstance(command, str) else \
+            [_compose_value(a) for a in command]
+        found[name] = (args, {k: _compose_value(v) for k, v in environment.items()})
+    return found
 
 
 def scratch_postgres_database(server_url: str, prefix: str = "airflow_test") -> tuple[str, callable]:
@@ -127,6 +158,11 @@ class AirflowHome:
     def log_tail(self, name: str, chars: int = 4000) -> str:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def task_logs(self, dag_id: str, chars: int = 6000) -> str:
+        """The end of every task log of `dag_id` (for failure messages)."""
+        logs = sorted((self.root / "logs").glob(f"dag_id={dag_id}/**/*.log"))
+        return "".join(f"--- {p.relative_to(self.root)}\n{p.read_text(errors='replace')[-chars:]}\n" for p in logs)
 
     def check_running(self) -> None:
         for name, proc in self.processes:

@@ -1,9 +1,12 @@
-"""A real CeleryExecutor deployment on this machine, end to end.
+"""The compose deployment brought up for real on this machine, end to end.
 
-Redis broker (a separate Redis database number), PostgreSQL metadata database (scratch),
-api-server (Airflow 3's workers run tasks through its Execution API), scheduler,
-dag-processor, and two Celery workers with distinct hostnames: one on the default queue,
-one on the GPU queue. One `recpipe_nightly` run on small generated data must succeed,
+docker-compose.yaml's Airflow services — api-server (Airflow 3's workers run tasks
+through its Execution API), scheduler, dag-processor, triggerer, and the two Celery
+workers (default queue, GPU queue) — started with the commands and environment parsed
+from the file, so the file cannot drift from what runs. Only the container network's
+addresses are replaced: this machine's PostgreSQL (scratch metadata and recpipe
+databases) and Redis (a separate database number) stand in for the `postgres` and
+`redis` services. One `recpipe_nightly` run on small generated data must succeed,
 with both training tasks executed by the GPU-queue worker. Everything started here is
 stopped at the end.
 """
@@ -20,7 +23,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from airflow_harness import REPO_ROOT, AirflowHome, scratch_postgres_database, wait_for
+from airflow_harness import (COMPOSE_COMPONENTS, REPO_ROOT, AirflowHome, compose_services,
+                             scratch_postgres_database, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -64,40 +68,56 @@ def _preflight() -> None:
         pytest.fail("asyncpg is missing: Airflow needs it for a PostgreSQL metadata database")
 
 
+def _on_this_machine(env: dict, *, meta_sa: str, port: int, health_port: int, database_url: str,
+                     home: Path, source_dir: Path) -> dict:
+    """The compose file's environment with the container network's names replaced by this
+    machine's addresses (the only differences from what `docker compose up` runs)."""
+    local = dict(env)
+    local.update({
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": meta_sa,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta_sa,  # compose's form: db+postgresql+psycopg2://
+        "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL":
+            env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].replace("airflow-apiserver:8080", f"127.0.0.1:{port}"),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(health_port),
+        "AIRFLOW_CONN_RECPIPE_DB": database_url.replace("postgresql+psycopg2://", "postgresql://", 1),
+        "RECPIPE_HOME": str(home),
+        "RECPIPE_SOURCE_DIR": str(source_dir),
+    })
+    del local["AIRFLOW_CONFIG"]  # a path inside the image
+    # The image ships the FAB provider; this venv does not: Airflow's default auth manager.
+    del local["AIRFLOW__CORE__AUTH_MANAGER"]
+    return local
+
+
 @pytest.fixture(scope="module")
 def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
+    """docker-compose.yaml's Airflow services, started with its commands and environment
+    (parsed from the file), on this machine's PostgreSQL and Redis."""
     tmp_path = tmp_path_factory.mktemp("celery")
     if not _redis_ok(REDIS_URL):
         pytest.skip(f"no Redis at {REDIS_URL}")
     _preflight()
+    services = compose_services()
+    assert set(COMPOSE_COMPONENTS) <= set(services), "docker-compose.yaml lost an Airflow service"
     server = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     meta_url, drop_meta = scratch_postgres_database(server, prefix="airflow_celery")
     meta_sa = meta_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    port = _free_port()
-    tag = secrets.token_hex(3)
-    hostnames = {"default": f"default@recpipe-test-{tag}", "gpu": f"gpu@recpipe-test-{tag}"}
+    port, health_port = _free_port(), _free_port()
+    common = _on_this_machine(services["airflow-scheduler"][1], meta_sa=meta_sa, port=port,
+                              health_port=health_port, database_url=database_url,
+                              home=tmp_path / "recpipe-home", source_dir=synthetic_dir)
     home = AirflowHome.create(
         tmp_path / "airflow",
         metadata_url=meta_sa,
-        recpipe_env={
-            "RECPIPE_DATABASE_URL": database_url,
-            "RECPIPE_SOURCE_DIR": str(synthetic_dir),
-            "RECPIPE_HOME": str(tmp_path / "recpipe-home"),
-            "RECPIPE_GPU_QUEUE": "gpu",
-            "RECPIPE_TASK_RETRIES": "0",
-            # Start dates in the future: the scheduler creates no scheduled runs of its own,
-            # only the run this test triggers (which has no logical date).
+        extra={
+            **common,
+            # Test-only: start dates in the future, so the scheduler creates no scheduled runs
+            # of its own (only what the tests trigger), and failures without retries.
             "RECPIPE_INGEST_START": "2100-01-01",
             "RECPIPE_NIGHTLY_START": "2100-01-01",
-        },
-        extra={
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + meta_sa,  # SQLAlchemy 2.1: plain postgresql:// means psycopg 3
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "RECPIPE_TASK_RETRIES": "0",
             "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             # A task's recorded hostname is the Celery hostname of the worker that ran it
             # (the two workers share this machine): see airflow_harness.worker_hostname.
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_harness.worker_hostname",
@@ -106,16 +126,20 @@ def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
     )
     home.migrate()
     meta = sa.create_engine(meta_sa)
+    hostnames = {}
     try:
-        home.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
-        home.start("dag-processor", "dag-processor")
-        home.start("scheduler", "scheduler")
-        for queue, hostname in hostnames.items():
-            home.start(
-                f"worker-{queue}", "celery", "worker", "--queues", queue, "--celery-hostname", hostname,
-                "--concurrency", "2" if queue == "default" else "1", "--skip-serve-logs",
-                env={"RECPIPE_TEST_WORKER_HOSTNAME": hostname},
-            )
+        for name in COMPOSE_COMPONENTS:
+            args, env = services[name]
+            # What this service adds to the common environment, e.g. the GPU worker's KERAS_BACKEND.
+            own = {k: v for k, v in env.items() if k not in services["airflow-scheduler"][1]}
+            if args == ["api-server"]:  # compose publishes the container's 8080; here a free port
+                args = [*args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            if args[:2] == ["celery", "worker"]:
+                nodename = args[args.index("--celery-hostname") + 1].replace("%h", socket.gethostname())
+                hostnames[args[args.index("--queues") + 1]] = nodename
+                own["RECPIPE_TEST_WORKER_HOSTNAME"] = nodename
+                args = [*args, "--skip-serve-logs"]
+            home.start(name, *args, env=own)
         wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
                  what="the api-server", on_tick=home.check_running)
 
@@ -124,6 +148,8 @@ def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
                 return conn.execute(sa.text("SELECT count(*) FROM serialized_dag")).scalar_one() >= 2
 
         wait_for(dags_parsed, timeout=180, what="the DAGs to be parsed", on_tick=home.check_running)
+        for dag_id in ("recpipe_ingest", "recpipe_nightly"):  # compose creates DAGs paused
+            home.airflow("dags", "unpause", dag_id)
         yield home, meta, hostnames, port
     finally:
         home.stop_all()
@@ -146,7 +172,7 @@ def test_ingest_backfill_on_celery(celery_cluster, engine):
 
     states = wait_for(backfill_done, timeout=300, interval=3, what="the backfill", on_tick=home.check_running)
     print(f"\nbackfill of 3 ingest intervals: {time.monotonic() - started:.0f}s")
-    assert states == ["success"] * 3, home.log_tail("worker-default")
+    assert states == ["success"] * 3, home.task_logs("recpipe_ingest") + home.log_tail("airflow-worker")
     with engine.connect() as conn:
         intervals = conn.execute(sa.text(
             "SELECT interval_start, interval_end FROM ingest_batches ORDER BY interval_start")).all()
@@ -197,7 +223,7 @@ def test_nightly_on_celery_trains_on_the_gpu_worker(celery_cluster, engine, data
         took = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else None
         print(f"  {ti.task_id:18} {ti.state:8} queue={ti.queue:8} host={ti.hostname} {took and round(took, 1)}s")
     assert state == "success", "\n".join(
-        [home.log_tail("worker-default", 3000), home.log_tail("worker-gpu", 3000), home.log_tail("scheduler", 3000)]
+        [home.log_tail("airflow-worker", 3000), home.log_tail("airflow-worker-gpu", 3000), home.log_tail("airflow-scheduler", 3000)]
     )
     for task_id in ("train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"):
         assert tis[task_id].queue == "gpu" and tis[task_id].hostname == hostnames["gpu"], task_id
