@@ -3,7 +3,8 @@ evaluate, gate, publish, notify.
 
     plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
-         >> publish >> [learned_lists_shipped, notify]
+         >> prepare_publication >> score_shard (mapped: one per user shard) >> publish
+         >> [learned_lists_shipped, notify]
 
 `plan` builds the night's plan once (the night = the run's data interval end, or the
 `as_of` param) and validates every trigger parameter: a bad one fails the run at
@@ -63,6 +64,9 @@ MODEL_PARAMS = {
                                     "refit_max_holdout_drop": {"type": "number", "minimum": 0, "maximum": 1}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
+        "scoring_shards": Param(None, type=["null", "integer"], minimum=1, maximum=256,
+                                description="User shards the lists are scored in, one mapped task each"
+                                            " (null: RECPIPE_SCORING_SHARDS, default 1)."),
         "dry_run": Param(False, type="boolean",
                          description="Train, evaluate and gate as separate dry-run runs; publish nothing."),
         "as_of": Param(None, type=["null", "string"], format="date-time",
@@ -85,6 +89,7 @@ def recpipe_nightly():
                 settings(), night, epochs=params.get("epochs"),
                 model_overrides={m: params.get(f"{m}_overrides") or {} for m in registry.names()},
                 gate_overrides=params.get("gate_overrides") or {}, dry_run=bool(params.get("dry_run")),
+                scoring_shards=params.get("scoring_shards"),
                 context=airflow_context(context))
         except (PlanError, ValueError) as exc:
             raise AirflowFailException(f"invalid night parameters: {exc}") from exc  # retrying cannot help
@@ -159,11 +164,34 @@ def recpipe_nightly():
         return {key: result[key] for key in ("promoted", "alert_ids")} | {"run_ids": [r["run_id"] for r in refits if r]}
 
     @task
-    def publish(night: dict, decision: dict, checked: dict) -> dict:
+    def prepare_publication(night: dict, decision: dict, checked: dict) -> list[dict]:
+        """One job per user shard (none on a dry run: the shards and publish are skipped)."""
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
-        return pipeline.publish(settings(), NightPlan.from_dict(night), decision["run_ids"], checked["run_ids"])
+        prepared = pipeline.prepare_publication(settings(), NightPlan.from_dict(night), decision["run_ids"],
+                                                checked["run_ids"])
+        if prepared["dry_run"]:
+            log.info("dry run: would publish runs %s", prepared["would_publish"])
+        return [{"shard": shard, "run_ids": prepared["run_ids"], "ship": prepared["ship"]}
+                for shard in prepared["shards"]]
+
+    @task(map_index_template="{{ shard_label }}")
+    def score_shard(night: dict, job: dict) -> dict:
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        plan_ = NightPlan.from_dict(night)
+        get_current_context()["shard_label"] = f"shard {job['shard'] + 1} of {plan_.scoring_shards}"  # the grid's name
+        return pipeline.score_shard(settings(), plan_, job["run_ids"], job["ship"], job["shard"])
+
+    @task
+    def publish(night: dict, jobs: list, shards: list) -> dict:
+        """Every shipped run's lists live in one transaction, once all shards are staged."""
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        return pipeline.go_live(settings(), NightPlan.from_dict(night), jobs[0]["ship"])
 
     @task
     def learned_lists_shipped(decision: dict) -> list[str]:
@@ -220,7 +248,9 @@ def recpipe_nightly():
         night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
     # A teardown: it runs whatever publish did, and the run's state stays publish's
     # (a plain all_done leaf would turn a failed night green).
-    published = publish(night, decision, check_refits(night, refits))
+    jobs = prepare_publication(night, decision, check_refits(night, refits))
+    # One mapped task per user shard (the plan's scoring_shards), then one atomic switch.
+    published = publish(night, jobs, score_shard.partial(night=night).expand(job=jobs))
     published >> learned_lists_shipped(decision)
     published >> notify().as_teardown()
 

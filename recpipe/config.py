@@ -127,6 +127,7 @@ class PipelineParams:
     # the night, after a sanity check against the gated run) or "gated" (the cautious:
     # exactly the run the gate judged).
     ship: str = "refit"
+    scoring_shards: int = 1  # user shards of the publication (Airflow: one mapped task each)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "PipelineParams":
@@ -135,4 +136,5 @@ class PipelineParams:
             eval_window=_days(env.get("RECPIPE_EVAL_WINDOW_DAYS"), cls.eval_window),
             retention=_days(env.get("RECPIPE_RETENTION_DAYS"), cls.retention),
             ship=env.get("RECPIPE_SHIP") or cls.ship,
+            scoring_shards=int(env.get("RECPIPE_SCORING_SHARDS") or cls.scoring_shards),
         )

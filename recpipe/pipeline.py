@@ -200,30 +200,76 @@ def shipped_runs(run_list, refit_list) -> list:
     return [refits.get(r.model, r) for r in run_list if r.status == runs.PROMOTED]
 
 
-def publish(settings: Settings, plan: NightPlan, run_ids: list[int], refit_run_ids: list[int] | None = None) -> dict:
-    """Publish, for each model promoted tonight, its checked refit or else its gated run
-    (baselines first), for every user known at the night."""
+def prepare_publication(settings: Settings, plan: NightPlan, run_ids: list[int],
+                        refit_run_ids: list[int] | None = None) -> dict:
+    """The runs tonight ships (per promoted model its checked refit, else its gated run),
+    each with an empty staging table, and the user shards to score them in."""
     from recpipe import runs
-    from recpipe.publish import publish_top_k
-    from recpipe.recommenders.base import History, Store
-    from recpipe.scoring import LoadedRun, recommend  # noqa: F401
+    from recpipe.publish import prepare_stage
 
     engine = _engine(settings)
-    run_list = runs.get_many(engine, run_ids)
-    promoted = shipped_runs(run_list, runs.get_many(engine, refit_run_ids or []))
+    shipped = shipped_runs(runs.get_many(engine, run_ids), runs.get_many(engine, refit_run_ids or []))
     if plan.dry_run:
-        return {"dry_run": True, "would_publish": [r.run_id for r in promoted], "published": []}
+        return {"dry_run": True, "would_publish": [r.run_id for r in shipped], "ship": [], "shards": [],
+                "run_ids": [int(r) for r in run_ids]}
+    prepare_stage(engine, [r.run_id for r in shipped])
+    return {"dry_run": False, "ship": [r.run_id for r in shipped], "shards": list(range(plan.scoring_shards)),
+            "run_ids": [int(r) for r in run_ids]}
+
+
+def score_shard(settings: Settings, plan: NightPlan, run_ids: list[int], ship: list[int], shard: int) -> dict:
+    """Lists of one user shard (every scoring_shards-th user known at the night, from
+    `shard`) for each shipped run, staged: baselines first, the learned models' unserved
+    users get the best baseline's list, then the last fallback's."""
+    from recpipe import runs
+    from recpipe.publish import stage_lists
+    from recpipe.recommenders.base import History, Store
+    from recpipe.scoring import LoadedRun, recommend
+
+    started = time.perf_counter()
+    engine = _engine(settings)
+    shipped = runs.get_many(engine, ship)
     store = Store(engine, settings)
-    chain = _fallback_chain(store, run_list, plan.gate_rules.get("compare_metric", "ndcg_at_10"),
-                            {r.gated_run_id: r for r in promoted if r.phase == "refit"})
+    chain = _fallback_chain(store, runs.get_many(engine, run_ids), plan.gate_rules.get("compare_metric", "ndcg_at_10"),
+                            {r.gated_run_id: r for r in shipped if r.phase == "refit"})
     last = chain[-1]
     history = History.load(store, plan.night)
-    published = []
-    for run in sorted(promoted, key=lambda r: not r.is_baseline):
+    users = history.users[shard::plan.scoring_shards]
+    rows = 0
+    for run in sorted(shipped, key=lambda r: not r.is_baseline):
         loaded = next((f for f in chain if f.run.run_id == run.run_id), None) or LoadedRun(store, run)
-        lists = recommend(loaded, history, history.users, plan.k, [last] if run.is_baseline else chain)
-        published.append(publish_top_k(engine, run.run_id, lists, plan.retention))
-    return {"dry_run": False, "published": published}
+        lists = recommend(loaded, history, users, plan.k, [last] if run.is_baseline else chain)
+        rows += stage_lists(engine, run.run_id, lists, users)
+    result = {"shard": shard, "of": plan.scoring_shards, "users": int(len(users)), "rows": rows,
+              "seconds": round(time.perf_counter() - started, 2)}
+    log.info("scored shard %s", result)
+    return result
+
+
+def go_live(settings: Settings, plan: NightPlan, ship: list[int]) -> dict:
+    """Every shipped run's staged lists live at once, if each holds every user known at
+    the night (a missing shard refuses the whole publication)."""
+    import sqlalchemy as sa
+
+    from recpipe.publish import go_live as attach_and_switch
+
+    engine = _engine(settings)
+    with engine.connect() as conn:
+        users = conn.execute(sa.text("SELECT count(DISTINCT user_id) FROM ratings WHERE rated_at < :night"),
+                             {"night": plan.night}).scalar()
+    return {"dry_run": False, "published": attach_and_switch(engine, ship, plan.retention, expected_users=users)}
+
+
+def publish(settings: Settings, plan: NightPlan, run_ids: list[int], refit_run_ids: list[int] | None = None) -> dict:
+    """Publish, for each model promoted tonight, its checked refit or else its gated run,
+    for every user known at the night: stage the plan's shards one after the other, then
+    go live (Airflow maps the shards over workers instead)."""
+    prepared = prepare_publication(settings, plan, run_ids, refit_run_ids)
+    if prepared["dry_run"]:
+        return {"dry_run": True, "would_publish": prepared["would_publish"], "published": []}
+    for shard in prepared["shards"]:
+        score_shard(settings, plan, prepared["run_ids"], prepared["ship"], shard)
+    return go_live(settings, plan, prepared["ship"])
 
 
 def notify(settings: Settings, plan: NightPlan, alert_ids: list[int], context=None) -> dict:

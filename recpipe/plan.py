@@ -27,6 +27,9 @@ PHASES = (GATED, REFIT)
 SHIP_CHOICES = (REFIT, GATED)
 
 
+MAX_SHARDS = 256
+
+
 class PlanError(ValueError):
     """A parameter of the night is invalid: nothing has run."""
 
@@ -49,6 +52,7 @@ class NightPlan:
     ship: str = "refit"  # or "gated": see PipelineParams.ship
     session_params: Mapping[str, Any] = field(default_factory=dict)
     context: str | None = None  # which Airflow run (for alert rows), when there is one
+    scoring_shards: int = 1  # user shards the lists are scored in (Airflow maps one task per shard)
 
     @property
     def training_cutoff(self) -> datetime:
@@ -73,7 +77,8 @@ class NightPlan:
               epochs: int | None = None, model_overrides: Mapping | None = None,
               gate_overrides: Mapping | None = None, dry_run: bool = False,
               session_params: Mapping | None = None, context: str | None = None,
-              eval_window: timedelta | None = None, gate_file=None, ship: str | None = None) -> "NightPlan":
+              eval_window: timedelta | None = None, gate_file=None, ship: str | None = None,
+              scoring_shards: int | None = None) -> "NightPlan":
         """A validated plan: bad parameters raise PlanError before anything runs."""
         from dataclasses import asdict as _asdict
 
@@ -101,6 +106,7 @@ class NightPlan:
             ship=ship or params.ship,
             session_params=dict(session_params or {}),
             context=context,
+            scoring_shards=params.scoring_shards if scoring_shards is None else scoring_shards,
         )
         plan.validate()
         return plan
@@ -110,6 +116,9 @@ class NightPlan:
 
         if self.ship not in SHIP_CHOICES:
             raise PlanError(f"ship must be one of {SHIP_CHOICES}, got {self.ship!r}")
+        if isinstance(self.scoring_shards, bool) or not isinstance(self.scoring_shards, int) \
+                or not 1 <= self.scoring_shards <= MAX_SHARDS:
+            raise PlanError(f"scoring_shards must be an integer in [1, {MAX_SHARDS}], got {self.scoring_shards!r}")
         if self.eval_window <= timedelta(0):
             raise PlanError(f"eval_window must be positive, got {self.eval_window}")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)

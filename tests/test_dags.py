@@ -24,7 +24,7 @@ HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.p
 MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
 NIGHTLY_TASKS = {"plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
                  "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
-                 "publish", "learned_lists_shipped", "notify"}
+                 "prepare_publication", "score_shard", "publish", "learned_lists_shipped", "notify"}
 ACCELERATED = {"train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"}
 
 
@@ -136,7 +136,9 @@ def test_nightly_dag_shape(dag_info):
     for model in MODELS:
         assert tasks[f"refit_{model}"]["upstream"] == ["plan", "rebuild_refit_inputs", f"train_{model}"]
     assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
-    assert tasks["publish"]["upstream"] == ["check_refits", "gate", "plan"]
+    assert tasks["prepare_publication"]["upstream"] == ["check_refits", "gate", "plan"]
+    assert tasks["score_shard"]["upstream"] == ["plan", "prepare_publication"]
+    assert tasks["publish"]["upstream"] == ["plan", "prepare_publication", "score_shard"]
     assert tasks["notify"]["upstream"] == ["publish"]
     assert tasks["learned_lists_shipped"]["upstream"] == ["gate", "publish"]
     for task_id, task in tasks.items():
@@ -156,8 +158,9 @@ def test_nightly_params(dag_info):
     dag = dag_info["dags"]["recpipe_nightly"]
     assert dag["params"] == {
         "epochs": None, **{f"{m}_overrides": {} for m in MODELS},
-        "gate_overrides": {}, "dry_run": False, "as_of": None,
+        "gate_overrides": {}, "dry_run": False, "as_of": None, "scoring_shards": None,
     }
+    assert dag["param_schemas"]["scoring_shards"]["maximum"] == 256
     schemas = dag["param_schemas"]
     assert schemas["epochs"]["type"] == ["null", "integer"]
     assert schemas["dry_run"]["type"] == "boolean"
@@ -300,6 +303,7 @@ def test_on_failure_callback_records_task_failed_alert(engine, settings, channel
 
     smtp, slack = channels
     monkeypatch.setenv("RECPIPE_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("RECPIPE_HOME", str(settings.home))
     ti = SimpleNamespace(dag_id="recpipe_nightly", task_id="train_gru4rec", run_id="manual__2000-12-01", try_number=3)
     airflow_bridge.on_failure_callback({"ti": ti, "exception": RuntimeError("CUDA out of memory")})
     with engine.connect() as conn:
@@ -310,11 +314,13 @@ def test_on_failure_callback_records_task_failed_alert(engine, settings, channel
     assert sorted(row["notified"]) == ["slack", "smtp"] and len(smtp.messages) == 1 and len(slack.posts) == 1
 
 
-def test_on_failure_callback_never_raises(monkeypatch):
+def test_on_failure_callback_never_raises(monkeypatch, tmp_path):
     from recpipe import airflow_bridge, alerts
 
     monkeypatch.setenv("RECPIPE_DATABASE_URL", "postgresql+psycopg2://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("RECPIPE_HOME", str(tmp_path))
     airflow_bridge.on_failure_callback({"ti": None, "exception": ValueError("x")})
+    assert (tmp_path / alerts.PENDING_FILE).is_file()  # kept for when the database is back
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,10 +464,15 @@ def test_deadline_fires_once_for_a_night_without_lists(airflow_home, engine, set
     (raw,) = smtp.messages
     assert "deadline_missed" in email.message_from_bytes(raw)["Subject"] and len(slack.posts) == 1
 
+    import pandas as pd
+
+    from recpipe.publish import publish_top_k
+
     with engine.begin() as conn:  # the next night published (before its deadline)
         run_id = conn.exec_driver_sql("INSERT INTO model_runs (model, as_of, status) VALUES"
                                       " ('popularity', '2000-12-02T02:00:00+00:00', 'promoted') RETURNING run_id").scalar()
-        conn.exec_driver_sql("INSERT INTO recommendations VALUES (%(r)s, 1, 1, 1, 1.0, false)", {"r": run_id})
+    publish_top_k(engine, run_id, pd.DataFrame({"user_id": [1], "rank": [1], "movie_id": [1], "score": [1.0],
+                                                "fallback": [False]}), retention=timedelta(days=30))
     proc = airflow_home.airflow("dags", "test", "recpipe_deadline", "2000-12-02T07:00:00+00:00", env=env, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with engine.connect() as conn:
@@ -566,7 +577,7 @@ def test_nightly_dry_run_publishes_nothing(airflow_home, engine, settings):
 @pytest.mark.slow
 @needs_pipeline
 def test_notify_sends_the_gates_alerts_after_a_failed_publish(airflow_home, engine, settings, channels):
-    """publish fails for real (the database refuses the lists); notify still runs and the
+    """publish fails for real (the database refuses the switch); notify still runs and the
     gate's rejection reaches the on-call channels."""
     from recpipe import pipeline
     from recpipe.main import last_dag_run
@@ -576,7 +587,7 @@ def test_notify_sends_the_gates_alerts_after_a_failed_publish(airflow_home, engi
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE FUNCTION recpipe_test_refuse() RETURNS trigger LANGUAGE plpgsql AS"
                              " $$ BEGIN RAISE EXCEPTION 'no space left on device (test)'; END $$")
-        conn.exec_driver_sql("CREATE TRIGGER recpipe_test_refuse BEFORE INSERT ON recommendations"
+        conn.exec_driver_sql("CREATE TRIGGER recpipe_test_refuse BEFORE INSERT OR UPDATE ON published_runs"
                              " FOR EACH STATEMENT EXECUTE FUNCTION recpipe_test_refuse()")
     try:
         env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
@@ -586,7 +597,7 @@ def test_notify_sends_the_gates_alerts_after_a_failed_publish(airflow_home, engi
                                     env=env, check=False)
     finally:
         with engine.begin() as conn:
-            conn.exec_driver_sql("DROP TRIGGER recpipe_test_refuse ON recommendations")
+            conn.exec_driver_sql("DROP TRIGGER recpipe_test_refuse ON published_runs")
             conn.exec_driver_sql("DROP FUNCTION recpipe_test_refuse()")
     state, tasks = last_dag_run(airflow_home.root / "airflow.db", "recpipe_nightly")
     states = {task: s for task, s, _ in tasks}

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from recpipe import pipeline, registry
 from recpipe.gate import GateRules, judge
 from recpipe.ingest import ingest
-from recpipe.publish import NotPromotedError, publish_top_k
+from recpipe.publish import IncompleteListsError, NotPromotedError, publish_top_k
 
 UTC = timezone.utc
 AS_OF = datetime(2000, 12, 1, tzinfo=UTC)
@@ -373,3 +373,62 @@ def test_rollback_makes_the_previous_lists_live_again(nightly, database_url):
     assert again.returncode == 1 and "no earlier night" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
     assert scalar(engine, "SELECT as_of FROM model_runs WHERE run_id = %(r)s", {"r": live_last}) == earliest
+
+
+def _lists(engine, view="recommendations_current", run_ids=None) -> dict:
+    where = f" WHERE run_id = ANY(ARRAY{list(run_ids)}::bigint[])" if run_ids is not None else ""
+    with engine.connect() as conn:
+        return dict(conn.exec_driver_sql(
+            "SELECT run_id, md5(string_agg(user_id || ':' || rank || ':' || movie_id, ',' ORDER BY user_id, rank))"
+            f" FROM {view}{where} GROUP BY run_id").all())
+
+
+def test_four_scoring_shards_publish_what_one_does_and_a_killed_shard_publishes_nothing(nightly, database_url):
+    """The night scored in 4 user shards publishes the same lists as in one; a shard killed
+    (kill -9) while writing leaves the live lists as they were, and its rerun completes."""
+    settings, engine, result = nightly
+    run_ids = result["evaluation"]["run_ids"]
+    refit_ids = [d["run_id"] for d in result["refits"]["decisions"]]
+    one = pipeline.publish(settings, pipeline.make_plan(settings, AS_OF), run_ids, refit_ids)
+    shipped = [p["run_id"] for p in one["published"]]
+    one_shard = _lists(engine, "recommendations_all", shipped)
+    sharded = pipeline.publish(settings, pipeline.make_plan(settings, AS_OF, scoring_shards=4), run_ids, refit_ids)
+    assert [p["run_id"] for p in sharded["published"]] == shipped and len(shipped) == len(registry.names())
+    assert _lists(engine, "recommendations_all", shipped) == one_shard
+    live = _lists(engine)
+
+    plan = pipeline.make_plan(settings, AS_OF, scoring_shards=2)
+    prepared = pipeline.prepare_publication(settings, plan, run_ids, refit_ids)
+    pipeline.score_shard(settings, plan, prepared["run_ids"], prepared["ship"], 0)
+    with engine.begin() as conn:  # hold shard 1 inside its first COPY, then kill it
+        conn.exec_driver_sql("CREATE FUNCTION recpipe_test_hold() RETURNS trigger LANGUAGE plpgsql AS"
+                             " $$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$")
+        for run_id in prepared["ship"]:
+            conn.exec_driver_sql(f"CREATE TRIGGER hold BEFORE INSERT ON recpipe_lists.stage_{run_id}"
+                                 " FOR EACH STATEMENT EXECUTE FUNCTION recpipe_test_hold()")
+    code = ("import sys; from recpipe import pipeline; from recpipe.config import Settings;"
+            " from recpipe.plan import NightPlan; plan = NightPlan.from_json(sys.stdin.read());"
+            f" pipeline.score_shard(Settings.from_env(), plan, {prepared['run_ids']}, {prepared['ship']}, 1)")
+    env = {**os.environ, "RECPIPE_DATABASE_URL": database_url, "RECPIPE_HOME": str(settings.home)}
+    shard = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env, text=True)
+    shard.stdin.write(plan.to_json())
+    shard.stdin.close()
+    deadline = time.monotonic() + 300
+    while not scalar(engine, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY recpipe_lists.stage_%%'"
+                             " AND wait_event = 'PgSleep'"):
+        assert shard.poll() is None and time.monotonic() < deadline, "the shard never reached its COPY"
+        time.sleep(0.2)
+    shard.kill()
+    shard.wait()
+    with pytest.raises(IncompleteListsError, match="scoring shard did not finish"):
+        pipeline.go_live(settings, plan, prepared["ship"])
+    assert _lists(engine) == live  # the previous lists stay live, complete
+    assert _lists(engine, "recommendations_all", shipped) == one_shard
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP FUNCTION recpipe_test_hold() CASCADE")
+    pipeline.score_shard(settings, plan, prepared["run_ids"], prepared["ship"], 1)  # the retry
+    pipeline.go_live(settings, plan, prepared["ship"])
+    assert _lists(engine) == live and _lists(engine, "recommendations_all", shipped) == one_shard
+    assert not scalar(engine, "SELECT count(*) FROM pg_tables WHERE schemaname = 'recpipe_lists'"
+                              " AND tablename = ANY(%(t)s)", {"t": [f"stage_{r}" for r in shipped]})
