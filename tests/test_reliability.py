@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -327,3 +328,115 @@ def test_a_publication_killed_mid_transaction_keeps_the_previous_night_live_and_
     print(f"publish killed mid-transaction: night {NIGHT_1:%Y-%m-%d} stayed live ({before[0]} rows, {before[1]} users,"
           f" 0 lost), backend gone {orphan_s:.1f}s after the kill; rerun published {after[0]} rows in"
           f" {rerun.elapsed:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------
+# c. the database stopped in the middle of a night
+# ---------------------------------------------------------------------------------------
+FAST = '{"autoint": {"batch_size": 64, "embed_dim": 8, "dnn_units": [16]},' \
+       ' "gru4rec": {"batch_size": 16, "hidden": 16, "embedding_dim": 16}}'
+NIGHT_STAGES = {"plan", "rebuild_encodings", "rebuild_sessions", "evaluate", "gate", "rebuild_refit_inputs",
+                "check_refits", "publish", "notify", "report",
+                *(f"train_{m}" for m in ("popularity", "ease", "itemknn", "autoint", "gru4rec"))}
+# What TensorFlow's C++ runtime writes to stderr when it loads, before any Python code can
+# stop it (TF_CPP_MIN_LOG_LEVEL does not silence these): not recpipe's lines.
+TENSORFLOW_BANNER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ",
+                     "To enable the following instructions:")
+
+
+def _pg_bin() -> Path:
+    found = shutil.which("pg_ctl") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"),
+                                                       reverse=True)), None)
+    if found is None:
+        pytest.skip("no pg_ctl/initdb on this machine: the stopped-database test needs its own cluster")
+    return Path(found).parent
+
+
+class Cluster:
+    """A throw-away PostgreSQL cluster of this test (trust auth, its own port)."""
+
+    def __init__(self):
+        self.bin = _pg_bin()
+        # Under /tmp itself: pytest's tmp_path is private to root, and the server cannot run as root.
+        self.root = Path(tempfile.mkdtemp(prefix="recpipe-cluster-"))
+        self.data = self.root / "data"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self.as_user, str(self.bin / tool), *args], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "server.log"), "-o",
+                  f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
+
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        return sa.engine.URL.create("postgresql+psycopg2", "postgres", password, "127.0.0.1", self.port,
+                                    database).render_as_string(hide_password=False)
+
+    def remove(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    made = Cluster()
+    made.start()
+    yield made
+    made.remove()
+
+
+def test_the_database_stopped_mid_night_is_one_line_and_a_rerun_publishes(cluster, source_dir, tmp_path):
+    admin = sa.create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE recpipe")
+    admin.dispose()
+    url = cluster.url("recpipe", PASSWORD)  # trust auth: the password is only there to be masked
+    env = _env(url, tmp_path / "home", source_dir)
+    assert recpipe("ingest", "--all", env=env).returncode == 0
+    night = ["run", "--as-of", NIGHT_2.date().isoformat(), "--epochs", "1", "--overrides", FAST]
+    proc = subprocess.Popen([sys.executable, "-m", "recpipe.cli", *night], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    deadline = time.monotonic() + 300
+    with engine.connect() as conn:  # stop it once the night has trained something
+        while not conn.exec_driver_sql("SELECT count(*) FROM model_runs").scalar():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+            conn.commit()
+    started = time.perf_counter()
+    cluster.stop()
+    stdout, stderr = proc.communicate(timeout=300)
+    failed_after = time.perf_counter() - started
+    ours = [line for line in stderr.splitlines() if line.strip() and not line.startswith(TENSORFLOW_BANNER)]
+    assert proc.returncode == 1, stderr[-3000:]
+    assert len(ours) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    line = ours[0]
+    stage = line.split("(stage ", 1)[1].split(")", 1)[0] if "(stage " in line else None
+    assert stage in NIGHT_STAGES, line
+    assert "database is unreachable or failed" in line
+    assert f"postgres:***@127.0.0.1:{cluster.port}/recpipe" in line and PASSWORD not in stdout + stderr
+
+    cluster.start()
+    rerun = recpipe(*night, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    with engine.connect() as conn:
+        live = conn.execute(sa.text("SELECT p.model, r.as_of FROM published_runs p JOIN model_runs r USING (run_id)"
+                                    " ORDER BY p.model")).all()
+        users = conn.exec_driver_sql("SELECT count(DISTINCT user_id) FROM recommendations_current").scalar()
+    engine.dispose()
+    assert live and all(as_of == NIGHT_2 for _, as_of in live) and users == SPEC.users
+    print(f"database stopped in stage {stage}: exit 1 {failed_after:.1f}s after the stop, one line: {line}\n"
+          f"rerun after the restart published {[m for m, _ in live]} for {users} users in {rerun.elapsed:.1f}s")
