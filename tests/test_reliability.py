@@ -440,3 +440,90 @@ def test_the_database_stopped_mid_night_is_one_line_and_a_rerun_publishes(cluste
     assert live and all(as_of == NIGHT_2 for _, as_of in live) and users == SPEC.users
     print(f"database stopped in stage {stage}: exit 1 {failed_after:.1f}s after the stop, one line: {line}\n"
           f"rerun after the restart published {[m for m, _ in live]} for {users} users in {rerun.elapsed:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------
+# d. a planted password through a real Airflow run
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def password_role():
+    """A login role with a password owning a fresh database; its URL with the password.
+    (The server trusts local connections, so the password is never checked, only carried.)"""
+    server = _server()
+    role = f"recpipe_pw_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        conn.exec_driver_sql(f'CREATE DATABASE "{role}" OWNER {role}')
+    url = server.set(username=role, password=PASSWORD, database=role).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{role}" WITH (FORCE)')
+        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+    admin.dispose()
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except Exception:
+        return False
+
+
+def test_no_airflow_output_or_task_log_holds_the_database_password(password_role, source_dir, tmp_path):
+    """A successful run through `airflow dags test --use-executor`: the task runs in a
+    LocalExecutor worker's supervised process, as in production, which writes the task log
+    file under AIRFLOW_HOME/logs (plain `dags test` runs the task in its own process and
+    writes none); a failing one through plain `dags test`, whose output is the task's log."""
+    from airflow_harness import AirflowHome, wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = AirflowHome.create(tmp_path / "airflow", recpipe_env={
+        "RECPIPE_DATABASE_URL": password_role, "RECPIPE_SOURCE_DIR": str(source_dir),
+        "RECPIPE_HOME": str(tmp_path / "home"), "RECPIPE_TASK_RETRIES": "0"}, extra={
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"})
+    home.migrate()
+    # A failing task too: the same role and password, a database that does not exist (the
+    # error, its traceback and the failure callback's own failure all go to the task log).
+    missing = sa.engine.make_url(password_role).set(database="recpipe_no_such_db").render_as_string(
+        hide_password=False)
+    try:
+        home.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
+        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180, interval=0.5,
+                 what="the api-server", on_tick=home.check_running)
+        started = time.perf_counter()
+        ok = home.airflow("dags", "test", "recpipe_ingest", "2000-09-01", "--use-executor", check=False, timeout=240)
+    finally:
+        home.stop_all()
+    # In the command's own process (a second executor run in the same home has hung here
+    # after its task ended): the task's log is this command's output.
+    failed = home.airflow("dags", "test", "recpipe_ingest", "2000-09-02", check=False, timeout=240,
+                          env={"RECPIPE_DATABASE_URL": missing})
+    seconds = time.perf_counter() - started
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-5000:]
+    assert failed.returncode != 0, failed.stdout[-3000:] + failed.stderr[-3000:]
+    engine = sa.create_engine(password_role, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:  # the successful run really used the planted URL
+        assert conn.exec_driver_sql("SELECT count(*) FROM ingest_batches").scalar() == 1
+    engine.dispose()
+    task_logs = sorted((home.root / "logs").glob("dag_id=recpipe_ingest/*/task_id=ingest/attempt=*.log"))
+    assert len(task_logs) == 1 and "reconciled" in task_logs[0].read_text(), task_logs
+    # the failure's own text, and the failure callback's, reached the output
+    assert "recpipe_no_such_db" in failed.stdout + failed.stderr
+    assert "on_failure_callback could not record" in failed.stdout + failed.stderr
+    files = sorted(p for p in home.root.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".txt"))
+    captured = {"output of the two runs": ok.stdout + ok.stderr + failed.stdout + failed.stderr,
+                **{str(p.relative_to(home.root)): p.read_text(errors="replace") for p in files}}
+    hits = {where: text.count(PASSWORD) for where, text in captured.items() if PASSWORD in text}
+    assert hits == {}, hits
+    print(f"airflow dags test --use-executor recpipe_ingest with a planted password (one run ok, one failed):"
+          f" {len(task_logs)} task logs + {len(files) - len(task_logs)} other log files +"
+          f" the runs' output, {sum(len(t) for t in captured.values()):,} characters searched, 0 hits;"
+          f" {seconds:.0f}s")
