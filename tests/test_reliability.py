@@ -436,8 +436,10 @@ def test_the_database_stopped_mid_night_is_one_line_and_a_rerun_publishes(cluste
         live = conn.execute(sa.text("SELECT p.model, r.as_of FROM published_runs p JOIN model_runs r USING (run_id)"
                                     " ORDER BY p.model")).all()
         users = conn.exec_driver_sql("SELECT count(DISTINCT user_id) FROM recommendations_current").scalar()
+        ratings = conn.exec_driver_sql("SELECT count(*) FROM ratings").scalar()
     engine.dispose()
     assert live and all(as_of == NIGHT_2 for _, as_of in live) and users == SPEC.users
+    assert ratings == SPEC.users * SPEC.ratings_per_user  # the stop lost no stored rating
     print(f"database stopped in stage {stage}: exit 1 {failed_after:.1f}s after the stop, one line: {line}\n"
           f"rerun after the restart published {[m for m, _ in live]} for {users} users in {rerun.elapsed:.1f}s")
 
