@@ -309,7 +309,8 @@ def cmd_runs(args, settings: Settings) -> int:
 def cmd_run(args, settings: Settings) -> int:
     from recpipe import pipeline
 
-    as_of = args.as_of or default_as_of(settings)
+    with pipeline.stage("plan"):
+        as_of = args.as_of or default_as_of(settings)
     overrides = args.overrides or {}
     plan = pipeline.make_plan(settings, as_of, epochs=args.epochs, model_overrides=overrides,
                               gate_overrides=args.gate, dry_run=args.dry_run)
@@ -446,8 +447,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # With --json, stdout carries only the result.
     quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
-    from sqlalchemy.exc import OperationalError
-
     from recpipe.db import DatabaseNotConfigured
     from recpipe.plan import PlanError
 
@@ -457,12 +456,38 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, PlanError, DatabaseNotConfigured) as exc:
         print(f"recpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OperationalError as exc:
-        # One line an operator can act on; the driver's own text says which part failed.
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-        print(f"recpipe {args.command}: the database is unreachable or failed ({reason}); check that it runs and"
-              " that RECPIPE_DATABASE_URL is right, then run the command again", file=sys.stderr)
+    except _database_errors() as exc:
+        print(database_failure_line(args.command, settings, exc), file=sys.stderr)
         return 1
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    """A lost or refused connection: SQLAlchemy's wrappers, and psycopg2's own errors from
+    the COPY paths, which use the driver's cursor directly."""
+    import psycopg2
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return OperationalError, InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError
+
+
+def database_failure_line(command: str, settings: Settings, exc: BaseException) -> str:
+    """One line an operator can act on: the command, the stage, the database (password
+    masked) and the driver's first line (which says which part failed)."""
+    from recpipe.db import safe_url
+
+    orig = getattr(exc, "orig", None) or exc
+    reason = next((line.strip() for line in str(orig).splitlines() if line.strip()), type(orig).__name__)
+    stage = getattr(exc, "recpipe_stage", None)
+    if settings.database_url:
+        try:
+            where = safe_url(settings.database_url)
+        except Exception:  # an unparsable URL: never echo it (it may hold a password)
+            where = "RECPIPE_DATABASE_URL (unparsable)"
+    else:
+        where = f"the embedded PostgreSQL under {settings.home / 'pgdata'}"
+    return (f"recpipe {command}{f' (stage {stage})' if stage else ''}: database is unreachable or failed"
+            f" ({reason}) at {where}; check that it runs and that RECPIPE_DATABASE_URL is right, then run the"
+            " command again")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from datetime import datetime
 
 from recpipe import registry
@@ -331,13 +332,36 @@ def fail_night(settings: Settings, plan: NightPlan, run_ids: list[int], reason: 
     return runs.mark_failed(_engine(settings), run_ids, reason)
 
 
+@contextmanager
+def stage(name: str):
+    """Name the stage an error came from (`exc.recpipe_stage`, the innermost wins), so that
+    the CLI's one line says where a night stopped."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "recpipe_stage", None) is None:
+            try:
+                exc.recpipe_stage = name
+            except AttributeError:  # an exception type without __dict__: unnamed, still raised
+                pass
+        raise
+
+
+def _cleanup_failed(what: str, exc: Exception) -> None:
+    # The night's own error is the one raised; a cleanup that fails too (the same outage)
+    # is one INFO line, so that the operator's stderr keeps one line.
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    log.info("%s failed as well: %s: %s", what, type(exc).__name__, first)
+
+
 def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False) -> dict:
     """The whole nightly sequence in one process: what `recpipe run` does."""
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args, **kwargs):
         started = time.perf_counter()
-        result = fn(*args, **kwargs)
+        with stage(name):
+            result = fn(*args, **kwargs)
         timings[name] = round(time.perf_counter() - started, 2)
         log.info("%s done in %.1fs", name, timings[name])
         return result
@@ -353,23 +377,32 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
         evaluated = timed("evaluate", evaluate, settings, plan, run_ids)
         decided = timed("gate", gate, settings, plan, run_ids)
     except Exception as exc:
-        fail_night(settings, plan, run_ids, f"{type(exc).__name__}: {exc}")
+        try:
+            fail_night(settings, plan, run_ids, f"{type(exc).__name__}: {exc}")
+        except Exception as also:
+            _cleanup_failed("marking the night's runs failed", also)
         raise
     alert_ids = list(decided["alert_ids"])
     refit_ids: list[int] = []
     try:
         refit_inputs = timed("rebuild_refit_inputs", rebuild_refit_inputs, settings, plan)
         for run_id in run_ids:
-            refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process)
+            with stage(f"refit of run {run_id}"):
+                refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process)
             if refit is not None:
                 timings[f"refit_{refit['model']}"] = refit["seconds"]
                 refit_ids.append(refit["run_id"])
         checked = timed("check_refits", check_refits, settings, plan, refit_ids)
         alert_ids += checked["alert_ids"]
         published = timed("publish", publish, settings, plan, run_ids, refit_ids)
-    finally:
+    except BaseException:
         # The gate's alerts are sent even when refitting or publishing fails.
-        notified = timed("notify", notify, settings, plan, alert_ids)
+        try:
+            timed("notify", notify, settings, plan, alert_ids)
+        except Exception as also:
+            _cleanup_failed("notify", also)
+        raise
+    notified = timed("notify", notify, settings, plan, alert_ids)
     reported = {} if plan.dry_run else timed("report", report, settings, plan)
     return {"report": reported.get("report"), "as_of": plan.night.isoformat(), "plan": plan.to_dict(), "encodings": encodings, "sessions": sessions,
             "evaluation": evaluated, "gate": decided, "refits": checked, "publication": published,
