@@ -302,8 +302,9 @@ def test_a_publication_killed_mid_transaction_keeps_the_previous_night_live_and_
     assert pipeline.gate(settings, plan, [run_id])["promoted"] == [run_id]
     with engine.begin() as conn:
         conn.exec_driver_sql(HOLD_FUNCTION)
-        conn.exec_driver_sql("CREATE TRIGGER recpipe_test_hold BEFORE INSERT ON recommendations FOR EACH STATEMENT"
-                             " EXECUTE FUNCTION recpipe_test_hold()")
+        # Held inside the one transaction that attaches the new lists and switches them live.
+        conn.exec_driver_sql("CREATE TRIGGER recpipe_test_hold BEFORE INSERT OR UPDATE ON published_runs"
+                             " FOR EACH STATEMENT EXECUTE FUNCTION recpipe_test_hold()")
     env = _env(url, settings.home, source_dir)
     publish = ["publish", "--as-of", NIGHT_2.date().isoformat()]
 
@@ -314,7 +315,7 @@ def test_a_publication_killed_mid_transaction_keeps_the_previous_night_live_and_
     status, orphan_s = _kill_while_held(publish, env, engine, readers_see_the_previous_night)
     assert status == -signal.SIGKILL
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TRIGGER recpipe_test_hold ON recommendations; DROP FUNCTION recpipe_test_hold()")
+        conn.exec_driver_sql("DROP TRIGGER recpipe_test_hold ON published_runs; DROP FUNCTION recpipe_test_hold()")
         assert conn.exec_driver_sql(LIVE_LISTS).one() == before
         assert conn.execute(sa.text("SELECT count(*) FROM recommendations WHERE run_id = :r"), {"r": run_id}).scalar() == 0
     assert _no_lock_held(engine) == ["ingest", "publish.popularity"]
