@@ -1,13 +1,15 @@
 """recpipe_nightly: plan the night, rebuild features, train every registered model,
 evaluate, gate, publish, notify.
 
-    plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
+    plan >> check_data >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
          >> publish >> notify
 
 `plan` builds the night's plan once (the night = the run's data interval end, or the
 `as_of` param) and validates every trigger parameter: a bad one fails the run at
-once, without retries. Every later task receives the plan through XCom. The Keras
+once, without retries. Every later task receives the plan through XCom. `check_data`
+is the data-quality gate (gate.yaml's `data:` rules): when a rule fires it fails the
+run at once (no retries), nothing trains, and `notify` sends its data_gate alerts. The Keras
 models train on the accelerator queue (RECPIPE_GPU_QUEUE, default "gpu"), each in a
 fresh process: TensorFlow/CUDA cannot be initialised again inside a forked worker.
 After the gate, each promoted model is refitted on every rating before the night
@@ -57,7 +59,12 @@ MODEL_PARAMS = {
                                     "floors": {"type": "object"},
                                     "refit_min_served_ratio": {"type": "number", "minimum": 0, "maximum": 1},
                                     "refit_min_coverage_ratio": {"type": "number", "minimum": 0, "maximum": 1},
-                                    "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1}},
+                                    "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "data": {"type": "object", "additionalProperties": False, "properties": {
+                                        "max_rejected_share": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "min_new_ratings": {"type": "integer", "minimum": 0},
+                                        "max_vanished_user_share": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "max_vanished_movie_share": {"type": "number", "minimum": 0, "maximum": 1}}}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "dry_run": Param(False, type="boolean",
@@ -86,6 +93,21 @@ def recpipe_nightly():
         except (PlanError, ValueError) as exc:
             raise AirflowFailException(f"invalid night parameters: {exc}") from exc  # retrying cannot help
         return built.to_dict()
+
+    @task
+    def check_data(night: dict) -> dict:
+        """The data-quality gate: a fired rule fails the run here, before any training
+        (no retry: the data decides); `notify` sends its data_gate alerts."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from recpipe import pipeline
+        from recpipe.gate import DataGateError
+        from recpipe.plan import NightPlan
+
+        try:
+            return pipeline.check_data(settings(), NightPlan.from_dict(night))
+        except DataGateError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def rebuild_encodings(night: dict) -> dict:
@@ -178,6 +200,9 @@ def recpipe_nightly():
         decision = context["ti"].xcom_pull(task_ids="gate")
         checked = context["ti"].xcom_pull(task_ids="check_refits") or {}
         if decision is None:
+            stopped = pipeline.data_gate_alerts(settings(), plan_)  # the data gate stopped the night
+            if stopped:
+                return pipeline.notify(settings(), plan_, stopped, context) | {"stopped_by": "check_data"}
             trained = [context["ti"].xcom_pull(task_ids=f"train_{m}") for m in plan_.models]
             failed = pipeline.fail_night(settings(), plan_, [t["run_id"] for t in trained if t],
                                          "the night failed before the gate")
@@ -195,6 +220,7 @@ def recpipe_nightly():
     night = plan()
     encodings = rebuild_encodings(night)
     sessions = rebuild_sessions(night)
+    check_data(night) >> [encodings, sessions]  # nothing is rebuilt or trained on data that failed it
     def queue(spec) -> dict:
         return {"queue": SETTINGS.gpu_queue} if spec.accelerated else {}
 

@@ -14,6 +14,7 @@ log = logging.getLogger("recpipe.alerts")
 GATE_REJECTED = "gate_rejected"
 METRIC_REGRESSION = "metric_regression"
 TASK_FAILED = "task_failed"
+DATA_GATE = "data_gate"  # the data-quality gate stopped a night before training
 
 
 def record_alert(

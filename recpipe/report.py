@@ -524,7 +524,9 @@ def _environment() -> jinja2.Environment:
 
 def render(figures: dict, pngs: list[_Png]) -> str:
     return _environment().get_template(TEMPLATE).render(
-        f=figures, pngs={p.name: p for p in pngs}, ranking_metrics=RANKING_METRICS, table_metrics=TABLE_METRICS,
+        # Every figure name is defined (None when not drawn: a baselines-only night has no curves).
+        f=figures, pngs={**dict.fromkeys(("metrics", "metric_history", "training_curves", "lists")),
+                         **{p.name: p for p in pngs}}, ranking_metrics=RANKING_METRICS, table_metrics=TABLE_METRICS,
         generated_at=datetime.now(timezone.utc).isoformat(), top_share=TOP_SHARE,
         no_curves=[model for model, curves in figures["curves"].items() if not curves])
 
