@@ -225,3 +225,48 @@ def test_vanished_users_stop_the_next_night(nights):
     user_rule = next(f for f in fired if f["rule"] == "max_vanished_user_share")
     assert user_rule["value"] == pytest.approx(gone / users)
     assert len(stopped.value.alert_ids) == len(fired)
+
+
+# ---------------------------------------------------------------------------------------
+# Airflow: `airflow dags test recpipe_nightly`, the night stopped at check_data
+# ---------------------------------------------------------------------------------------
+from test_dags import NIGHTLY_DATE, _recpipe_env, airflow_home, channels  # noqa: E402,F401  (fixtures)
+
+
+def test_nightly_dag_stops_at_check_data_and_notify_sends_the_alert(airflow_home, engine, settings, channels,
+                                                                     tmp_path):
+    from recpipe.main import last_dag_run
+
+    smtp, _ = channels
+    source = tmp_path / "source"
+    shutil.copytree(settings.source_dir, source)
+    lines = sum(1 for _ in open(source / "ratings.dat"))
+    night = datetime.fromisoformat(NIGHTLY_DATE).replace(tzinfo=UTC) - DAY  # what the DAG's data interval gives
+    rated = int((night - timedelta(hours=3)).timestamp())
+    with open(source / "ratings.dat", "a", encoding="ascii", newline="\n") as fh:
+        fh.writelines(f"{u}::1::0::{rated}\n" for u in range(1, lines // 10))  # ~10 % quarantined
+    settings = settings.with_(source_dir=source)
+    ingest(engine, source)
+    env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
+        "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")},
+        "RECPIPE_TASK_RETRIES": "2"}  # check_data must not retry all the same
+    proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf", json.dumps({"epochs": 1}),
+                                env=env, check=False)
+    print(f"airflow dags test recpipe_nightly (stopped at check_data): {proc.elapsed:.1f}s")
+    state, tasks = last_dag_run(airflow_home.root / "airflow.db", "recpipe_nightly")
+    states = {task: s for task, s, _ in tasks}
+    output = proc.stdout + proc.stderr
+    assert state == "failed" and states["check_data"] == "failed", (states, output[-4000:])
+    assert states["notify"] == "success" and states.get("publish") != "success", states
+    assert not any(s == "success" for t, s in states.items() if t.startswith(("train_", "rebuild_"))), states
+    assert "the data gate stopped the night" in output and "max_rejected_share" in output
+    with engine.connect() as conn:
+        alert = conn.execute(sa.text("SELECT metric, threshold, notified, context FROM alerts"
+                                     " WHERE kind = 'data_gate'")).one()
+        tries = conn.execute(sa.text("SELECT count(*) FROM data_checks")).scalar_one()
+        runs = conn.execute(sa.text("SELECT count(*) FROM model_runs")).scalar_one()
+    assert alert.metric == "rejected_share" and alert.threshold == 0.05 and "smtp" in alert.notified
+    assert "dag_id=recpipe_nightly" in alert.context
+    assert tries == 1 and runs == 0  # no retry, nothing trained
+    subjects = [__import__("email").message_from_bytes(raw)["Subject"] for raw in smtp.messages]
+    assert any("data_gate" in s for s in subjects), subjects
