@@ -430,11 +430,20 @@ def check_data(engine: Engine, night: datetime, rules: DataRules, *, retention: 
     return check
 
 
+def stopped_check(engine: Engine, night: datetime, context: str | None = None, any_context: bool = False):
+    """The newest data check that stopped the night (in the run `context`, or any run),
+    as a DataCheck; None when none did."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT check_id, night, figures, fired, alert_ids FROM data_checks WHERE night = :night"
+            " AND decision = 'stopped' AND (:any OR context IS NOT DISTINCT FROM :context)"
+            " ORDER BY check_id DESC LIMIT 1"), {"night": night, "context": context, "any": any_context}).mappings().first()
+    if row is None:
+        return None
+    return DataCheck(int(row["check_id"]), row["night"], row["figures"], row["fired"], [int(a) for a in row["alert_ids"]])
+
+
 def stopped_check_alerts(engine: Engine, night: datetime, context: str | None) -> list[int]:
     """Alert ids of the data check that stopped this night in the run `context` (none: [])."""
-    with engine.connect() as conn:
-        ids = conn.execute(sa.text(
-            "SELECT alert_ids FROM data_checks WHERE night = :night AND decision = 'stopped'"
-            " AND context IS NOT DISTINCT FROM :context ORDER BY check_id DESC LIMIT 1"),
-            {"night": night, "context": context}).scalar()
-    return [int(a) for a in ids or []]
+    check = stopped_check(engine, night, context)
+    return check.alert_ids if check is not None else []

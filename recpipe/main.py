@@ -74,6 +74,13 @@ def nightly_through_airflow(settings: Settings, database_url: str, as_of: dateti
     state, tasks = last_dag_run(logs / "airflow.db", "recpipe_nightly")
     if state != "success":
         failed = [t for t, s, _ in tasks if s != "success"]
+        if "check_data" in failed:  # the data gate's own line says why
+            from recpipe.db import make_engine
+            from recpipe.gate import stopped_check
+
+            check = stopped_check(make_engine(settings.with_(database_url=database_url)), as_of, any_context=True)
+            if check is not None:
+                raise RuntimeError(f"{check.message()}; see {logs / 'nightly.log'}")
         raise RuntimeError(f"recpipe_nightly ended {state}; tasks not successful: {failed}; see {logs / 'nightly.log'}")
     timings.update({f"task {task}": seconds or 0.0 for task, _, seconds in tasks})
     return timings
