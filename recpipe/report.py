@@ -490,6 +490,9 @@ def _draw_lists(figures: dict) -> Figure | None:
     return figure
 
 
+FIGURE_NAMES = ("metrics", "metric_history", "training_curves", "lists")
+
+
 def draw(figures: dict) -> list[_Png]:
     """The report's figures as PNG bytes, in page order (absent ones: nothing to draw)."""
     drawn = [("metrics", "Tonight's metrics", _draw_metrics(figures)),
@@ -524,9 +527,9 @@ def _environment() -> jinja2.Environment:
 
 def render(figures: dict, pngs: list[_Png]) -> str:
     return _environment().get_template(TEMPLATE).render(
-        # Every figure name is defined (None when not drawn: a baselines-only night has no curves).
-        f=figures, pngs={**dict.fromkeys(("metrics", "metric_history", "training_curves", "lists")),
-                         **{p.name: p for p in pngs}}, ranking_metrics=RANKING_METRICS, table_metrics=TABLE_METRICS,
+        # A figure with nothing to draw is absent (a baselines-only night has no curves):
+        # None, so that the template's StrictUndefined does not fail the night.
+        f=figures, pngs={**dict.fromkeys(FIGURE_NAMES), **{p.name: p for p in pngs}}, ranking_metrics=RANKING_METRICS, table_metrics=TABLE_METRICS,
         generated_at=datetime.now(timezone.utc).isoformat(), top_share=TOP_SHARE,
         no_curves=[model for model, curves in figures["curves"].items() if not curves])
 
