@@ -205,6 +205,12 @@ def test_a_passing_night_goes_on_and_publishes(nights):
     assert check["passed"] and check["figures"]["previous_night"] == NIGHT_A.isoformat()
     assert check["figures"]["vanished_users"] == 0 and check["figures"]["previous_users"] > 0
     assert "check_data" in result["timings_s"]
+    with engine.connect() as conn:  # analysts read the checks
+        conn.exec_driver_sql("SET ROLE recpipe_reader")
+        decisions = conn.exec_driver_sql("SELECT decision, count(*) FROM data_checks WHERE NOT dry_run"
+                                         " GROUP BY decision ORDER BY decision").all()
+        conn.rollback()
+    assert [tuple(d) for d in decisions] == [("passed", 2), ("stopped", 2)]
     assert [(m, t) for m, _, t in published(engine)] == [("popularity", BAD)]
 
 
