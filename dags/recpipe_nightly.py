@@ -1,14 +1,16 @@
 """recpipe_nightly: plan the night, rebuild features, train every registered model,
 evaluate, gate, publish, notify.
 
-    plan >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
+    plan >> check_data >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
          >> prepare_publication >> score_shard (mapped: one per user shard) >> publish
          >> [learned_lists_shipped, notify]
 
 `plan` builds the night's plan once (the night = the run's data interval end, or the
 `as_of` param) and validates every trigger parameter: a bad one fails the run at
-once, without retries. Every later task receives the plan through XCom. The Keras
+once, without retries. Every later task receives the plan through XCom. `check_data`
+is the data-quality gate (gate.yaml's `data:` rules): when a rule fires it fails the
+run at once (no retries), nothing trains, and `notify` sends its data_gate alerts. The Keras
 models train on the accelerator queue (RECPIPE_GPU_QUEUE, default "gpu"), each in a
 fresh process: TensorFlow/CUDA cannot be initialised again inside a forked worker.
 After the gate, each promoted model is refitted on every rating before the night
@@ -61,7 +63,12 @@ MODEL_PARAMS = {
                                     "refit_min_coverage_ratio": {"type": "number", "minimum": 0, "maximum": 1},
                                     "refit_min_overlap": {"type": "number", "minimum": 0, "maximum": 1},
                                     "refit_holdout_days": {"type": "integer", "minimum": 0, "maximum": 60},
-                                    "refit_max_holdout_drop": {"type": "number", "minimum": 0, "maximum": 1}},
+                                    "refit_max_holdout_drop": {"type": "number", "minimum": 0, "maximum": 1},
+                                    "data": {"type": "object", "additionalProperties": False, "properties": {
+                                        "max_rejected_share": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "min_new_ratings": {"type": "integer", "minimum": 0},
+                                        "max_vanished_user_share": {"type": "number", "minimum": 0, "maximum": 1},
+                                        "max_vanished_movie_share": {"type": "number", "minimum": 0, "maximum": 1}}}},
                                 description="Gate rule overrides (recpipe/gate.yaml shape), e.g."
                                             " {\"tolerance\": 0.2, \"floors\": {\"gru4rec\": {\"ndcg_at_10\": 0.05}}}."),
         "scoring_shards": Param(None, type=["null", "integer"], minimum=1, maximum=256,
@@ -94,6 +101,21 @@ def recpipe_nightly():
         except (PlanError, ValueError) as exc:
             raise AirflowFailException(f"invalid night parameters: {exc}") from exc  # retrying cannot help
         return built.to_dict()
+
+    @task
+    def check_data(night: dict) -> dict:
+        """The data-quality gate: a fired rule fails the run here, before any training
+        (no retry: the data decides); `notify` sends its data_gate alerts."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from recpipe import pipeline
+        from recpipe.gate import DataGateError
+        from recpipe.plan import NightPlan
+
+        try:
+            return pipeline.check_data(settings(), NightPlan.from_dict(night))
+        except DataGateError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def rebuild_encodings(night: dict) -> dict:
@@ -220,6 +242,9 @@ def recpipe_nightly():
         decision = context["ti"].xcom_pull(task_ids="gate")
         checked = context["ti"].xcom_pull(task_ids="check_refits") or {}
         if decision is None:
+            stopped = pipeline.data_gate_alerts(settings(), plan_)  # the data gate stopped the night
+            if stopped:
+                return pipeline.notify(settings(), plan_, stopped, context) | {"stopped_by": "check_data"}
             trained = [context["ti"].xcom_pull(task_ids=f"train_{m}") for m in plan_.models]
             failed = pipeline.fail_night(settings(), plan_, [t["run_id"] for t in trained if t],
                                          "the night failed before the gate")
@@ -237,6 +262,8 @@ def recpipe_nightly():
     night = plan()
     encodings = rebuild_encodings(night)
     sessions = rebuild_sessions(night)
+    check_data(night) >> [encodings, sessions]  # nothing is rebuilt or trained on data that failed it
+
     def queue(spec) -> dict:
         return {"queue": SETTINGS.gpu_queue} if spec.accelerated else {}
 
@@ -246,12 +273,12 @@ def recpipe_nightly():
     refit_inputs = rebuild_refit_inputs(night, decision)
     refits = [refit.override(task_id=f"refit_{spec.name}", **queue(spec))(
         night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
-    # A teardown: it runs whatever publish did, and the run's state stays publish's
-    # (a plain all_done leaf would turn a failed night green).
     jobs = prepare_publication(night, decision, check_refits(night, refits))
     # One mapped task per user shard (the plan's scoring_shards), then one atomic switch.
     published = publish(night, jobs, score_shard.partial(night=night).expand(job=jobs))
     published >> learned_lists_shipped(decision)
+    # A teardown: it runs whatever publish did, and the run's state stays publish's
+    # (a plain all_done leaf would turn a failed night green).
     published >> notify().as_teardown()
 
 

@@ -25,6 +25,7 @@ ALL_REJECTED = "all_rejected"
 DEADLINE_MISSED = "deadline_missed"
 PENDING_FILE = "alerts_pending.jsonl"
 _COLUMNS = ("severity", "kind", "model", "metric", "value", "threshold", "run_id", "context", "message")
+DATA_GATE = "data_gate"  # the data-quality gate stopped a night before training
 
 
 def record_alert(

@@ -319,6 +319,23 @@ def cmd_run(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_check_data(args, settings: Settings) -> int:
+    """The night's data gate alone; recorded as a dry-run check (never alerts, never a
+    later night's reference). Exit 1 when a rule fires, as `recpipe run` would stop."""
+    from recpipe import pipeline
+
+    as_of = args.as_of or default_as_of(settings)
+    plan = pipeline.make_plan(settings, as_of, gate_overrides=args.gate, dry_run=True)
+    result = pipeline.check_data(settings, plan)
+    f = result["figures"]
+    vanished = ", ".join(f"{f[f'vanished_{w}s']} of {f[f'previous_{w}s']} {w}s vanished"
+                         for w in ("user", "movie") if f[f"previous_{w}s"] is not None) or "no previous night to compare"
+    _print(result, args.json, f"{result['message']}: {f['rejected']} of {f['lines_read']} ratings lines quarantined"
+                              f" ({f['rejected_share']:.2%}), {f['new_ratings']} new ratings since {f['since']},"
+                              f" {vanished} ({f['seconds']}s)")
+    return 0
+
+
 def summarize_nightly(result: dict) -> str:
     """A few lines an operator reads after a nightly run."""
     lines = [f"nightly run as of {result['as_of']}:"]
@@ -432,6 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="train, evaluate and gate; publish nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-data", help="the night's data-quality gate alone (exit 1 when a rule fires)")
+    p.add_argument("--as-of", type=parse_time, help="default: midnight after the newest rating")
+    p.add_argument("--gate", type=_json_arg, help='gate overrides, e.g. {"data": {"max_rejected_share": 0.1}}')
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check_data)
     return parser
 
 
@@ -448,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     # With --json, stdout carries only the result.
     quiet = contextlib.redirect_stdout(sys.stderr) if getattr(args, "json", False) else contextlib.nullcontext()
     from recpipe.db import DatabaseNotConfigured
+    from recpipe.gate import DataGateError
     from recpipe.plan import PlanError
 
     try:
@@ -456,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, PlanError, DatabaseNotConfigured) as exc:
         print(f"recpipe: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except DataGateError as exc:
+        print(f"recpipe {args.command}: {exc}", file=sys.stderr)  # one line; the alert rows say the same
+        return 1
     except _database_errors() as exc:
         print(database_failure_line(args.command, settings, exc), file=sys.stderr)
         return 1

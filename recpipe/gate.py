@@ -8,14 +8,17 @@ raises an alert.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
 from recpipe import runs
-from recpipe.alerts import GATE_REJECTED, METRIC_REGRESSION, record_alert
+from recpipe.alerts import DATA_GATE, GATE_REJECTED, METRIC_REGRESSION, record_alert
 from recpipe.config import DEFAULT_GATE_FILE
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,36 @@ def _number(key: str, value, low: float | None = None, high: float | None = None
 
 
 @dataclass(frozen=True)
+class DataRules:
+    """The data-quality gate, checked before anything trains (gate.yaml's `data:`)."""
+
+    max_rejected_share: float = 0.05  # quarantined / read, ratings lines of the night's ingest batches
+    min_new_ratings: int = 1  # ratings rated since the previous night (or in the last day)
+    max_vanished_user_share: float = 0.01  # users with ratings at the previous night, none now
+    max_vanished_movie_share: float = 0.01  # the same for movies
+
+    def __post_init__(self):
+        for key in ("max_rejected_share", "max_vanished_user_share", "max_vanished_movie_share"):
+            _number(f"data.{key}", getattr(self, key), 0.0, 1.0)
+        if isinstance(self.min_new_ratings, bool) or not isinstance(self.min_new_ratings, int) \
+                or self.min_new_ratings < 0:
+            raise GateRuleError(f"gate setting 'data.min_new_ratings' must be an integer >= 0,"
+                                f" got {self.min_new_ratings!r}")
+
+    @classmethod
+    def from_dict(cls, data) -> "DataRules":
+        if isinstance(data, DataRules):
+            return data
+        if not isinstance(data, dict):
+            raise GateRuleError(f"gate setting 'data' must be an object, got {data!r}")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise GateRuleError(f"unknown gate setting 'data.{key}'; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class GateRules:
     tolerance: float = 0.10
     must_beat_baseline: bool = True
@@ -51,9 +84,13 @@ class GateRules:
     # there: falling behind means it is broken, not that the future changed.
     refit_holdout_days: int = 7
     refit_max_holdout_drop: float = 0.5
+    data: DataRules = field(default_factory=DataRules)
 
     def __post_init__(self):
         from recpipe import registry
+
+        # A plan carries the rules as JSON: `data` comes back as a dict.
+        object.__setattr__(self, "data", DataRules.from_dict(self.data))
 
         _number("tolerance", self.tolerance, 0.0, 1.0)
         for key in ("refit_min_served_ratio", "refit_min_coverage_ratio", "refit_min_overlap",
@@ -88,8 +125,8 @@ class GateRules:
     def load(cls, overrides: dict | None = None, path: Path | None = None) -> "GateRules":
         """Rules from the rules file, then `overrides` on top.
 
-        overrides["floors"] is merged per model and metric, so one floor can be
-        changed without restating the others.
+        overrides["floors"] is merged per model and metric, and overrides["data"] per
+        key, so one floor or data rule can be changed without restating the others.
         """
         data = yaml.safe_load(Path(path or DEFAULT_GATE_FILE).read_text()) or {}
         known = {f.name for f in fields(cls)}
@@ -106,6 +143,10 @@ class GateRules:
                         raise GateRuleError(f"floors of {model!r} must be an object of metric: floor")
                     merged.setdefault(model, {}).update(metrics)
                 data["floors"] = merged
+            elif key == "data":
+                if not isinstance(value, dict):
+                    raise GateRuleError(f"gate setting 'data' must be an object, got {value!r}")
+                data["data"] = {**(data.get("data") or {}), **value}
             else:
                 data[key] = value
         return cls(**data)
@@ -303,3 +344,147 @@ def check_refit(engine: Engine, store, history, gated, refit, rules: GateRules, 
                     f" {gated.run_id} is: {failure['rule']}: {failure['message']}"))
     log.info("refit check: %s run %s %s", refit.model, refit.run_id, "passed" if decision.promoted else "failed")
     return decision
+
+
+# ---------------------------------------------------------------------------------------
+# The data-quality gate: before training, is tonight's data fit to train on?
+# ---------------------------------------------------------------------------------------
+class DataGateError(RuntimeError):
+    """A data rule fired: the night stops before training (nothing new is published)."""
+
+    def __init__(self, message: str, check_id: int | None = None, alert_ids: list[int] | None = None):
+        super().__init__(message)
+        self.check_id = check_id
+        self.alert_ids = list(alert_ids or [])
+
+
+@dataclass
+class DataCheck:
+    check_id: int
+    night: datetime
+    figures: dict
+    fired: list[dict]
+    alert_ids: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.fired
+
+    def message(self) -> str:
+        """One line: the night, and each fired rule with its figure."""
+        if self.passed:
+            return f"data check {self.check_id} of the night {self.night:%Y-%m-%d %H:%M}Z passed"
+        return (f"the data gate stopped the night {self.night:%Y-%m-%d %H:%M}Z (data check {self.check_id}): "
+                + "; ".join(f"{f['rule']}: {f['message']}" for f in self.fired))
+
+    def to_dict(self) -> dict:
+        return {"check_id": self.check_id, "night": self.night.isoformat(), "passed": self.passed,
+                "figures": self.figures, "fired": self.fired, "alert_ids": self.alert_ids,
+                "message": self.message()}
+
+
+def judge_data(figures: dict, rules: DataRules) -> list[dict]:
+    """The data rules that fire on a night's figures (empty: train). Pure: no database."""
+    fired = []
+    share = figures["rejected_share"]
+    if share > rules.max_rejected_share:
+        fired.append({"rule": "max_rejected_share", "metric": "rejected_share", "value": share,
+                      "threshold": rules.max_rejected_share,
+                      "message": f"{figures['rejected']} of the {figures['lines_read']} ratings lines ingested for"
+                                 f" the night were quarantined ({share:.2%} > {rules.max_rejected_share:.2%})"})
+    if figures["new_ratings"] < rules.min_new_ratings:
+        fired.append({"rule": "min_new_ratings", "metric": "new_ratings", "value": figures["new_ratings"],
+                      "threshold": rules.min_new_ratings,
+                      "message": f"{figures['new_ratings']} ratings rated since {figures['since']}"
+                                 f" (fewer than {rules.min_new_ratings})"})
+    for what, limit in (("user", rules.max_vanished_user_share), ("movie", rules.max_vanished_movie_share)):
+        share = figures[f"vanished_{what}_share"]
+        if share is not None and share > limit:
+            fired.append({"rule": f"max_vanished_{what}_share", "metric": f"vanished_{what}_share", "value": share,
+                          "threshold": limit,
+                          "message": f"{figures[f'vanished_{what}s']} of the {figures[f'previous_{what}s']} {what}s"
+                                     f" with ratings at the previous night ({figures['previous_night']}) have none"
+                                     f" now ({share:.2%} > {limit:.2%})"})
+    return fired
+
+
+def data_figures(conn, night: datetime, since: datetime, previous_check_id: int | None) -> tuple[dict, list, list]:
+    """(figures, user ids, movie ids with a rating before the night) from data_check_figures.sql."""
+    from recpipe.db import statement
+
+    row = conn.execute(statement("data_check_figures"),
+                       {"night": night, "since": since, "previous_check": previous_check_id}).mappings().one()
+    lines, rejected = int(row["lines_read"]), int(row["rejected"])
+    figures = {"since": since.isoformat(), "batch_ids": [int(b) for b in row["batch_ids"]], "lines_read": lines,
+               "rejected": rejected, "rejected_share": rejected / lines if lines else 0.0,
+               "new_ratings": int(row["new_ratings"]), "users": len(row["user_ids"] or []),
+               "movies": len(row["movie_ids"] or [])}
+    for what in ("user", "movie"):
+        previous = row[f"previous_{what}s"]
+        vanished = row[f"vanished_{what}s"]
+        figures[f"previous_{what}s"] = previous
+        figures[f"vanished_{what}s"] = vanished
+        figures[f"vanished_{what}_share"] = vanished / previous if previous else None
+    return figures, list(row["user_ids"] or []), list(row["movie_ids"] or [])
+
+
+def check_data(engine: Engine, night: datetime, rules: DataRules, *, retention: timedelta = timedelta(days=30),
+               context: str | None = None, dry_run: bool = False, alert: bool = True) -> DataCheck:
+    """Compute the night's data figures, judge them, record the check (data_checks) and
+    alert on each fired rule (not for dry runs). Raises nothing: the caller stops the night.
+
+    The previous night is the newest earlier night that was gated (non-dry-run runs
+    decided); its passed data check holds the users and movies present then.
+    """
+    import json
+
+    from recpipe.db import statement
+
+    started = time.perf_counter()
+    with engine.begin() as conn:
+        previous = conn.execute(statement("data_check_previous"), {"night": night}).mappings().first()
+        previous_night = previous["night"] if previous is not None else None
+        since = previous_night or night - timedelta(days=1)
+        figures, user_ids, movie_ids = data_figures(conn, night, since,
+                                                    previous["check_id"] if previous is not None else None)
+        figures["previous_night"] = previous_night.isoformat() if previous_night is not None else None
+        fired = judge_data(figures, rules)
+        figures["seconds"] = round(time.perf_counter() - started, 3)
+        check_id = conn.execute(statement("data_check_record"), {
+            "night": night, "since": since, "previous_night": previous_night, "dry_run": dry_run,
+            "rules": json.dumps(asdict(rules)), "figures": json.dumps(figures), "fired": json.dumps(fired),
+            "decision": "stopped" if fired else "passed", "context": context,
+            "user_ids": user_ids, "movie_ids": movie_ids, "keep_snapshots": retention,
+        }).scalar_one()
+    check = DataCheck(check_id, night, figures, fired)
+    for rule in fired if alert and not dry_run else []:
+        check.alert_ids.append(record_alert(
+            engine, kind=DATA_GATE, metric=rule["metric"], value=float(rule["value"]),
+            threshold=float(rule["threshold"]), context=context,
+            message=f"data gate: the night {night:%Y-%m-%d %H:%M}Z stopped before training: {rule['rule']}:"
+                    f" {rule['message']}"))
+    if check.alert_ids:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE data_checks SET alert_ids = :ids WHERE check_id = :id"),
+                         {"ids": check.alert_ids, "id": check_id})
+    log.info("data check %s: %s", check_id, check.message())
+    return check
+
+
+def stopped_check(engine: Engine, night: datetime, context: str | None = None, any_context: bool = False):
+    """The newest data check that stopped the night (in the run `context`, or any run),
+    as a DataCheck; None when none did."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.text(
+            "SELECT check_id, night, figures, fired, alert_ids FROM data_checks WHERE night = :night"
+            " AND decision = 'stopped' AND (:any OR context IS NOT DISTINCT FROM :context)"
+            " ORDER BY check_id DESC LIMIT 1"), {"night": night, "context": context, "any": any_context}).mappings().first()
+    if row is None:
+        return None
+    return DataCheck(int(row["check_id"]), row["night"], row["figures"], row["fired"], [int(a) for a in row["alert_ids"]])
+
+
+def stopped_check_alerts(engine: Engine, night: datetime, context: str | None) -> list[int]:
+    """Alert ids of the data check that stopped this night in the run `context` (none: [])."""
+    check = stopped_check(engine, night, context)
+    return check.alert_ids if check is not None else []

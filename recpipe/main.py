@@ -65,18 +65,45 @@ def nightly_through_airflow(settings: Settings, database_url: str, as_of: dateti
     logs = settings.home / "airflow"
     timings = {"airflow_db_migrate": run_airflow(env, "db", "migrate", log_path=logs / "db-migrate.log")}
     conf = {"as_of": as_of.isoformat(), "epochs": epochs}
+    last_check = _last_data_check(settings, database_url)
     print(f"running recpipe_nightly through Airflow as of {as_of:%Y-%m-%d %H:%M}Z"
           f" (log: {logs / 'nightly.log'}) ...", flush=True)
-    timings["airflow_dags_test"] = run_airflow(
-        env, "dags", "test", "recpipe_nightly", as_of.date().isoformat(), "--conf", json.dumps(conf),
-        log_path=logs / "nightly.log",
-    )
+    try:
+        timings["airflow_dags_test"] = run_airflow(
+            env, "dags", "test", "recpipe_nightly", as_of.date().isoformat(), "--conf", json.dumps(conf),
+            log_path=logs / "nightly.log",
+        )
+    except RuntimeError:
+        _raise_data_gate(settings, database_url, as_of, last_check, logs / "nightly.log")
+        raise
     state, tasks = last_dag_run(logs / "airflow.db", "recpipe_nightly")
     if state != "success":
         failed = [t for t, s, _ in tasks if s != "success"]
+        if "check_data" in failed:
+            _raise_data_gate(settings, database_url, as_of, last_check, logs / "nightly.log")
         raise RuntimeError(f"recpipe_nightly ended {state}; tasks not successful: {failed}; see {logs / 'nightly.log'}")
     timings.update({f"task {task}": seconds or 0.0 for task, _, seconds in tasks})
     return timings
+
+
+def _last_data_check(settings: Settings, database_url: str) -> int:
+    import sqlalchemy as sa
+
+    from recpipe.db import make_engine
+
+    with make_engine(settings.with_(database_url=database_url)).connect() as conn:
+        return conn.execute(sa.text("SELECT coalesce(max(check_id), 0) FROM data_checks")).scalar_one()
+
+
+def _raise_data_gate(settings: Settings, database_url: str, as_of: datetime, after_check: int,
+                     log_path: Path) -> None:
+    """When this run's data gate stopped the night, fail with its one line (not the log's tail)."""
+    from recpipe.db import make_engine
+    from recpipe.gate import stopped_check
+
+    check = stopped_check(make_engine(settings.with_(database_url=database_url)), as_of, any_context=True)
+    if check is not None and check.check_id > after_check:
+        raise RuntimeError(f"{check.message()}; see {log_path}")
 
 
 def last_dag_run(metadata_db: Path, dag_id: str) -> tuple[str, list[tuple[str, str, float]]]:

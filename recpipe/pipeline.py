@@ -37,6 +37,26 @@ def ingest_interval(settings: Settings, start: datetime | None, end: datetime | 
     return {**report.to_dict(), "summary": report.summary()}
 
 
+def check_data(settings: Settings, plan: NightPlan) -> dict:
+    """The data-quality gate, before anything trains: record the night's figures and,
+    when a rule fires, a `data_gate` alert per rule, then raise DataGateError (one line)."""
+    from recpipe.gate import DataGateError, GateRules, check_data as check
+
+    rules = GateRules(**plan.gate_rules).data
+    checked = check(_engine(settings), plan.night, rules, retention=plan.retention, context=plan.context,
+                    dry_run=plan.dry_run)
+    if not checked.passed:
+        raise DataGateError(checked.message(), checked.check_id, checked.alert_ids)
+    return checked.to_dict()
+
+
+def data_gate_alerts(settings: Settings, plan: NightPlan) -> list[int]:
+    """The alerts of the data check that stopped this night's run (plan.context), if one did."""
+    from recpipe.gate import stopped_check_alerts
+
+    return stopped_check_alerts(_engine(settings), plan.night, plan.context)
+
+
 def rebuild_encodings(settings: Settings, plan: NightPlan, phase: str = "gated") -> dict:
     """Encoders for the night: fitted on the ratings before its training cutoff (gated),
     or before the night itself (refit: users and movies of the last days get codes)."""
@@ -366,6 +386,13 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
         log.info("%s done in %.1fs", name, timings[name])
         return result
 
+    from recpipe.gate import DataGateError
+
+    try:
+        data_check = timed("check_data", check_data, settings, plan)
+    except DataGateError as exc:
+        notify(settings, plan, exc.alert_ids)  # nothing trains, nothing is published
+        raise
     encodings = timed("rebuild_encodings", rebuild_encodings, settings, plan)
     sessions = timed("rebuild_sessions", rebuild_sessions, settings, plan)
     inputs = night_inputs(encodings, sessions)
@@ -404,6 +431,7 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
         raise
     notified = timed("notify", notify, settings, plan, alert_ids)
     reported = {} if plan.dry_run else timed("report", report, settings, plan)
-    return {"report": reported.get("report"), "as_of": plan.night.isoformat(), "plan": plan.to_dict(), "encodings": encodings, "sessions": sessions,
+    return {"report": reported.get("report"), "as_of": plan.night.isoformat(), "plan": plan.to_dict(),
+            "data_check": data_check, "encodings": encodings, "sessions": sessions,
             "evaluation": evaluated, "gate": decided, "refits": checked, "publication": published,
             "notifications": notified, "timings_s": timings}

@@ -60,7 +60,7 @@ def migrated_engine(database_url):
 
 
 DATA_TABLES = [
-    "alerts", "published_runs", "recommendations", "model_runs", "sessions", "session_builds",
+    "data_checks", "alerts", "published_runs", "recommendations", "model_runs", "sessions", "session_builds",
     "artifacts", "rejected_rows", "ratings", "ingest_batches", "movies", "users",
 ]
 

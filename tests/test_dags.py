@@ -22,7 +22,7 @@ from airflow_harness import DAGS_FOLDER, REPO_ROOT, AirflowHome
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.pipeline", "recpipe.db",
                  "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
 MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
-NIGHTLY_TASKS = {"plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
+NIGHTLY_TASKS = {"plan", "check_data", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
                  "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
                  "prepare_publication", "score_shard", "publish", "learned_lists_shipped", "notify"}
 ACCELERATED = {"train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"}
@@ -126,8 +126,9 @@ def test_nightly_dag_shape(dag_info):
     tasks = dag["tasks"]
     assert set(tasks) == NIGHTLY_TASKS
     assert tasks["plan"]["upstream"] == []
-    assert tasks["rebuild_encodings"]["upstream"] == ["plan"]
-    assert tasks["rebuild_sessions"]["upstream"] == ["plan"]
+    assert tasks["check_data"]["upstream"] == ["plan"]
+    assert tasks["rebuild_encodings"]["upstream"] == ["check_data", "plan"]
+    assert tasks["rebuild_sessions"]["upstream"] == ["check_data", "plan"]
     for model in MODELS:
         assert tasks[f"train_{model}"]["upstream"] == ["plan", "rebuild_encodings", "rebuild_sessions"]
     assert tasks["evaluate"]["upstream"] == sorted(["plan", *(f"train_{m}" for m in MODELS)])
