@@ -35,6 +35,13 @@ def ingest_interval(settings: Settings, start: datetime | None, end: datetime | 
     return {**report.to_dict(), "summary": report.summary()}
 
 
+def interval_ingested(settings: Settings, start: datetime, end: datetime) -> bool:
+    """Whether the ratings of [start, end) were loaded by successful ingest batches."""
+    from recpipe.ingest import interval_ingested
+
+    return interval_ingested(_engine(settings), start, end)
+
+
 def rebuild_encodings(settings: Settings, plan: NightPlan, phase: str = "gated") -> dict:
     """Encoders for the night: fitted on the ratings before its training cutoff (gated),
     or before the night itself (refit: users and movies of the last days get codes)."""
