@@ -159,7 +159,7 @@ def test_ingest_backfill_on_celery(celery_cluster, engine):
     with meta.connect() as conn:  # each run marked the ratings Asset as updated
         events = conn.execute(sa.text(
             "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id"
-            " WHERE a.uri = 'postgres://recpipe-db:5432/recpipe/public/ratings'")).scalar_one()
+            " WHERE a.name = 'recpipe_ratings'")).scalar_one()
     assert events == 3
 
 
