@@ -7,6 +7,9 @@ idempotent: a rerun or a backfill of an interval leaves the same ratings table.
     airflow backfill create --dag-id recpipe_ingest --from-date 2000-04-25 --to-date 2000-05-01
 
 A manual run without a data interval ingests everything (like `recpipe ingest --all`).
+A successful run updates the `recpipe_ratings` Asset; the event's extra names the
+interval loaded, and recpipe_nightly plans the night that interval ends. A failed run
+emits no event, so no night runs on a day whose ratings did not arrive.
 """
 from __future__ import annotations
 

@@ -298,9 +298,17 @@ def test_nightly_runs_only_for_nights_whose_ingest_succeeded(airflow_local, engi
     db = sa.engine.make_url(database_url)
     assert event.name == "recpipe_ratings" and event.source_dag_id == "recpipe_ingest"
     assert event.uri == f"postgres://{db.host}:{db.port or 5432}/{db.database}/public/ratings"
+    with meta.connect() as conn:  # what the UI's backfill button and `backfill create` require
+        periodic, allowed = conn.execute(sa.text(
+            "SELECT timetable_periodic, allowed_run_types FROM dag WHERE dag_id = 'recpipe_nightly'")).one()
+    allowed = allowed if isinstance(allowed, list) else json.loads(allowed)
+    assert periodic and "backfill" in allowed and "scheduled" not in allowed
     # Still no run for the night whose ingest failed.
     assert [r.run_type for r in _runs(meta, "recpipe_nightly")] == ["backfill", "asset_triggered"]
     logs = "".join(p.read_text(errors="replace") for p in (home.root / "logs").glob(
         "dag_id=recpipe_nightly/**/task_id=plan/**/*.log"))
     assert f"plans the night {(day + timedelta(days=2)).isoformat()}" in logs
     assert "never loaded successfully" in logs
+    ingest_logs = "".join(p.read_text(errors="replace") for p in (home.root / "logs").glob(
+        "dag_id=recpipe_ingest/**/*.log"))
+    assert f"loads [{(day + timedelta(days=1)).isoformat()}, {(day + timedelta(days=2)).isoformat()})" in ingest_logs
