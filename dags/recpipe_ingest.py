@@ -7,14 +7,18 @@ idempotent: a rerun or a backfill of an interval leaves the same ratings table.
     airflow backfill create --dag-id recpipe_ingest --from-date 2000-04-25 --to-date 2000-05-01
 
 A manual run without a data interval ingests everything (like `recpipe ingest --all`).
+A successful run updates the `recpipe_ratings` Asset; the event's extra names the
+interval loaded, and recpipe_nightly plans the night that interval ends. A failed run
+emits no event, so no night runs on a day whose ratings did not arrive.
 """
 from __future__ import annotations
 
-from _recpipe_dag_utils import SETTINGS, default_args, settings
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, get_current_context, task
+import logging
 
-# postgres://host:port/database/schema/table, the form the Postgres provider normalises to.
-RATINGS_ASSET = Asset(name="recpipe_ratings", uri="postgres://recpipe-db:5432/recpipe/public/ratings", group="recpipe")
+from _recpipe_dag_utils import RATINGS_ASSET, SETTINGS, default_args, ingest_event_extra, interval_text, settings
+from airflow.sdk import CronDataIntervalTimetable, dag, get_current_context, task
+
+log = logging.getLogger("recpipe.ingest")
 
 
 @dag(
@@ -39,10 +43,14 @@ def recpipe_ingest():
         start, end = context.get("data_interval_start"), context.get("data_interval_end")
         if start is not None and end is not None and start == end:
             raise AirflowFailException(f"zero-length data interval {start}: use a data-interval timetable")
+        log.info("recpipe_ingest run %s loads %s", context["dag_run"].run_id, interval_text(start, end))
         try:
-            return pipeline.ingest_interval(settings(), start, end)
+            report = pipeline.ingest_interval(settings(), start, end)
         except SourceError as exc:
             raise AirflowFailException(str(exc)) from exc  # a missing or refused file: retrying cannot help
+        # The nightly plans the night this interval ends (only a successful run emits the event).
+        context["outlet_events"][RATINGS_ASSET].extra = ingest_event_extra(start, end, report)
+        return report
 
     ingest()
 

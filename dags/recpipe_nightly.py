@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from _recpipe_dag_utils import SETTINGS, airflow_context, default_args, night_of, settings
-from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, dag, get_current_context, task
+from _recpipe_dag_utils import RATINGS_ASSET, SETTINGS, airflow_context, default_args, night_of, settings
+from airflow.sdk import (AssetOrTimeSchedule, CronDataIntervalTimetable, Param, TriggerRule, dag,
+                         get_current_context, task)
 
 from recpipe import registry
 
@@ -41,7 +42,12 @@ MODEL_PARAMS = {
 
 @dag(
     dag_id="recpipe_nightly",
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    # Data-aware: a run per successful ingest (its ratings Asset event names the night). The
+    # midnight timetable gives backfills and manual runs the ingest's own daily intervals;
+    # it never starts a run by itself (no "scheduled" run type).
+    schedule=AssetOrTimeSchedule(timetable=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+                                 assets=RATINGS_ASSET),
+    allowed_run_types=["asset_triggered", "backfill", "manual", "operator_triggered"],
     start_date=SETTINGS.nightly_start,
     catchup=False,
     max_active_runs=1,

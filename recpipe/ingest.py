@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recpipe import source
-from recpipe.db import raw_cursor
+from recpipe.db import raw_cursor, statement
 from recpipe.locks import LockTimeout, take_lock  # noqa: F401 (LockTimeout: what callers catch)
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,16 @@ def ingest(
     report.seconds = time.perf_counter() - started
     log.info(report.summary())
     return report
+
+
+def interval_ingested(engine: Engine, start: datetime, end: datetime) -> bool:
+    """Whether the ratings of [start, end) were loaded by successful batches (one or several,
+    or an --all batch): the nightly plans a backfilled night only then."""
+    start, end = _utc(start), _utc(end)
+    if start is None or end is None or start >= end:
+        raise ValueError(f"not an interval: [{start}, {end})")
+    with engine.connect() as conn:
+        return bool(conn.execute(statement("interval_ingested"), {"start": start, "end": end}).scalar_one())
 
 
 def _file_counts(lines_read: int, stored: int, duplicate: int, rejected: pd.DataFrame) -> dict:

@@ -37,6 +37,13 @@ def ingest_interval(settings: Settings, start: datetime | None, end: datetime | 
     return {**report.to_dict(), "summary": report.summary()}
 
 
+def interval_ingested(settings: Settings, start: datetime, end: datetime) -> bool:
+    """Whether the ratings of [start, end) were loaded by successful ingest batches."""
+    from recpipe.ingest import interval_ingested
+
+    return interval_ingested(_engine(settings), start, end)
+
+
 def check_data(settings: Settings, plan: NightPlan) -> dict:
     """The data-quality gate, before anything trains: record the night's figures and,
     when a rule fires, a `data_gate` alert per rule, then raise DataGateError (one line)."""

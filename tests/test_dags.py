@@ -57,8 +57,11 @@ DESCRIBE_DAGS = """
     for dag_id, dag in bag.dags.items():
         out["dags"][dag_id] = {{
             "timetable": type(dag.timetable).__name__,
-            "expression": getattr(dag.timetable, "expression", None),
-            "timezone": str(getattr(dag.timetable, "timezone", "")),
+            "expression": getattr(getattr(dag.timetable, "timetable", dag.timetable), "expression", None),
+            "timezone": str(getattr(getattr(dag.timetable, "timetable", dag.timetable), "timezone", "")),
+            "time_part": type(getattr(dag.timetable, "timetable", dag.timetable)).__name__,
+            "schedule_asset": getattr(getattr(dag.timetable, "asset_condition", None), "uri", None),
+            "allowed_run_types": sorted(str(t.value) for t in dag.allowed_run_types or []),
             "start_date": dag.start_date.isoformat() if dag.start_date else None,
             "catchup": dag.catchup,
             "max_active_runs": dag.max_active_runs,
@@ -109,7 +112,7 @@ def test_ingest_dag_has_real_daily_data_intervals(dag_info):
     assert dag["start_date"].startswith("2000-04-25T00:00:00")
     assert dag["catchup"] is False
     (task,) = dag["tasks"].values()
-    assert task["outlets"] == ["postgres://recpipe-db:5432/recpipe/public/ratings"]
+    assert task["outlets"] == ["postgres://postgres:5432/recpipe/public/ratings"]  # compose's database
     assert task["retries"] >= 1 and task["backoff"] > 1
     assert task["on_failure"] == ["on_failure"]
 
@@ -121,7 +124,12 @@ def test_ingest_start_date_is_configurable(airflow_home):
 
 def test_nightly_dag_shape(dag_info):
     dag = dag_info["dags"]["recpipe_nightly"]
-    assert dag["timetable"] == "CronDataIntervalTimetable" and dag["expression"] == "0 2 * * *"
+    # Triggered by the ingest's ratings Asset; the midnight timetable (the ingest's intervals)
+    # serves backfills and manual runs, never a scheduled run of its own.
+    assert dag["timetable"] == "AssetOrTimeSchedule"
+    assert dag["schedule_asset"] == "postgres://postgres:5432/recpipe/public/ratings"
+    assert dag["time_part"] == "CronDataIntervalTimetable" and dag["expression"] == "0 0 * * *"
+    assert dag["allowed_run_types"] == ["asset_triggered", "backfill", "manual", "operator_triggered"]
     assert dag["max_active_runs"] == 1
     tasks = dag["tasks"]
     assert set(tasks) == NIGHTLY_TASKS
@@ -491,7 +499,7 @@ needs_pipeline = pytest.mark.skipif(
     not _pipeline_has("train_model", "evaluate", "gate", "publish", "notify"),
     reason="recpipe.pipeline does not have the training/evaluation/gate/publish stages yet",
 )
-NIGHTLY_DATE = "2000-12-01"  # data interval (2000-11-29 02:00, 2000-11-30 02:00]: as_of = its end
+NIGHTLY_DATE = "2000-12-01"  # data interval [2000-11-30, 2000-12-01): as_of = its end
 
 
 def _nightly(airflow_home, settings, conf: dict):
@@ -521,7 +529,7 @@ def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings
     trained = {r.model: r for r in runs if r.model in ("autoint", "gru4rec")}
     assert set(trained) == {"autoint", "gru4rec"}
     assert all(r.status == "promoted" for r in trained.values()), runs
-    assert trained["autoint"].as_of.isoformat().startswith("2000-11-30T02:00:00")
+    assert trained["autoint"].as_of.isoformat().startswith("2000-12-01T00:00:00")
     assert {"autoint", "gru4rec"} <= set(published)
     assert lists > 0
 
