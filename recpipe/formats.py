@@ -360,6 +360,10 @@ def _id(text: str) -> tuple[str | None, int | None]:
     return source._check_id(text)
 
 
+def _none_for_missing(values: pd.Series) -> pd.Series:
+    return values.astype(object).where(values.notna(), None)
+
+
 def parse_csv_items(path: Path, id_column: str = "item_id", exact: tuple[str, ...] | None = None) -> Parsed:
     """movies.csv / items.csv into movie_id, title, year, genres (list; None when the file
     has no genres column), line_no. Missing titles are None."""
@@ -381,6 +385,7 @@ def parse_csv_items(path: Path, id_column: str = "item_id", exact: tuple[str, ..
     rows["genres"] = rows["genres"].map(lambda g: None if g is None else list(g)).astype(object)
     rows = rows.astype({"movie_id": "int64", "line_no": "int64"})
     rows["year"] = rows["year"].astype("Int64")
+    rows["title"] = _none_for_missing(rows["title"])
     return Parsed(rows, rejected, len(src.starts) - 1, src.sha256, src.encoding, duplicate, src.data, src.starts,
                   src.ends)
 
@@ -402,6 +407,8 @@ def parse_csv_users(path: Path) -> Parsed:
     src, good, rejected, duplicate = _csv_records(path, _header_check(path, "user_id", USER_COLUMNS, None), check)
     rows = pd.DataFrame(good, columns=["user_id", "gender", "age", "occupation", "zip", "line_no"])
     rows = rows.astype({"user_id": "int64", "age": "Int64", "occupation": "Int64", "line_no": "int64"})
+    for name in ("gender", "zip"):
+        rows[name] = _none_for_missing(rows[name])
     return Parsed(rows, rejected, len(src.starts) - 1, src.sha256, src.encoding, duplicate, src.data, src.starts,
                   src.ends)
 

@@ -167,17 +167,18 @@ def ingest(
                 _quarantine(conn, batch_id, path.name, parsed, parsed.rejected, parsed.rows["line_no"].to_numpy())
             bar.update(1)
             _stage_ratings(conn, rows)
-            # Without a users (items) file, the users (items) who rate are the known ones.
-            if users is None:
-                users_changed += conn.exec_driver_sql(
-                    "INSERT INTO users (user_id) SELECT DISTINCT user_id FROM stage_ratings"
-                    " ON CONFLICT (user_id) DO NOTHING").rowcount
+            # Without an items (users) file, the items (users) rated are the known ones,
+            # attributes NULL; a user is implied only by a rating of a known item.
             if movies is None:
                 movies_changed += conn.exec_driver_sql(
                     "INSERT INTO movies (movie_id) SELECT DISTINCT movie_id FROM stage_ratings"
                     " ON CONFLICT (movie_id) DO NOTHING").rowcount
+            if users is None:
+                users_changed += conn.exec_driver_sql(
+                    "INSERT INTO users (user_id) SELECT DISTINCT s.user_id FROM stage_ratings s"
+                    " JOIN movies m ON m.movie_id = s.movie_id ON CONFLICT (user_id) DO NOTHING").rowcount
             bar.update(1)
-            outcome = _classify_and_insert(conn, batch_id, len(rows))
+            outcome = _classify_and_insert(conn, batch_id, len(rows), users_implied=users is None)
             bar.update(2)
             db_rejected = pd.DataFrame(outcome["rejected_lines"], columns=["line_no", "reason"])
             db_rejected["raw_bytes"] = [ratings.line_bytes(n) for n in db_rejected["line_no"]]
@@ -359,7 +360,8 @@ _CLASSIFY_AND_WRITE = """
 WITH classified AS MATERIALIZED (
     SELECT s.user_id, s.movie_id, s.rating, s.rating_x2, to_timestamp(s.ts) AS rated_at, s.line_no,
            CASE
-             WHEN u.user_id IS NULL THEN 'unknown_user'
+             -- Users implied by the ratings exist unless the item is unknown: say so.
+             WHEN u.user_id IS NULL AND (m.movie_id IS NOT NULL OR NOT %(users_implied)s) THEN 'unknown_user'
              WHEN m.movie_id IS NULL THEN 'unknown_movie'
              WHEN r.user_id IS NOT NULL AND r.rating = s.rating AND r.rated_at = to_timestamp(s.ts)
                   AND coalesce(r.rating_x2, 2 * r.rating) = s.rating_x2  -- NULL: stored before 013
@@ -386,10 +388,10 @@ UNION ALL SELECT 'rows_inserted', count(*), NULL FROM inserted
 """
 
 
-def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int) -> dict:
+def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int, users_implied: bool = False) -> dict:
     bulk = staged_rows > BULK_INSERT_ROWS and _drop_ratings_fks(conn)
     with raw_cursor(conn) as cur:
-        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id})
+        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id, "users_implied": users_implied})
         result = {outcome: (n, lines or []) for outcome, n, lines in cur.fetchall()}
     if bulk:
         conn.exec_driver_sql(
