@@ -416,26 +416,37 @@ def parse_csv_users(path: Path) -> Parsed:
 # ----------------------------------------------------------------------- downloads
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-# Each archive's MD5 is fetched from GroupLens' published `<name>.zip.md5` next to it,
-# unless pinned here: ML-1M's is (source.ML1M_ZIP_MD5, with per-file SHA-256s).
 DATASETS = {"ml-25m": ("ratings.csv", "movies.csv"), "ml-32m": ("ratings.csv", "movies.csv")}
+# The archives' MD5s as GroupLens publishes them (`<name>.zip.md5` beside each archive).
+# Pinned here and checked against the published file at download time as well: an
+# archive or a published MD5 that differs from the pin is refused (look at upstream).
+# ML-1M's is source.ML1M_ZIP_MD5 (plus per-file SHA-256s).
+PINNED_MD5 = {"ml-25m": "6b51fb2759a8657d3bfcbfc42b592ada", "ml-32m": "d472be332d4daa821edc399621853b57"}
 
 
-def download_dataset(name: str, dest: Path, base_url: str = GROUPLENS, timeout_s: float = 60.0) -> Path:
+def download_dataset(name: str, dest: Path, base_url: str = GROUPLENS, timeout_s: float = 60.0,
+                     expected_md5: str | None = None) -> Path:
     """ml-1m: source.download_ml1m. ml-25m / ml-32m: fetch `<name>.zip` and its published
-    `<name>.zip.md5`, refuse the archive unless the MD5s agree, unpack into dest/<name>."""
+    `<name>.zip.md5`; refuse unless both equal the pinned MD5 (expected_md5 overrides the
+    pin: tests); unpack into dest/<name>."""
     if name == "ml-1m":
         return source.download_ml1m(dest, url=f"{base_url}/ml-1m.zip", timeout_s=timeout_s)
     if name not in DATASETS:
         raise SourceError(f"unknown data set {name!r}: one of ml-1m, {', '.join(DATASETS)}")
+    expected = expected_md5 or PINNED_MD5[name]
     dest = Path(dest)
     target = dest / name
-    if (target / ".verified_md5").is_file() and all((target / f).is_file() for f in DATASETS[name]):
+    marker = target / ".verified_md5"
+    if marker.is_file() and marker.read_text().strip() == expected and all((target / f).is_file()
+                                                                           for f in DATASETS[name]):
         return target  # unpacked from a verified archive before
     url = f"{base_url}/{name}.zip"
     try:
         with urllib.request.urlopen(url + ".md5", timeout=timeout_s) as response:
-            expected = parse_md5_file(response.read(), f"{name}.zip")
+            published = parse_md5_file(response.read(), f"{name}.zip")
+        if published != expected:
+            raise SourceError(f"{url}.md5 publishes {published}, but recpipe expects {expected}: refusing"
+                              " (the archive changed upstream? check it, then update PINNED_MD5)")
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             payload = response.read()
     except (urllib.error.URLError, TimeoutError, OSError) as exc:

@@ -228,15 +228,19 @@ def fake_grouplens():
     server.shutdown()
 
 
-def test_download_fetches_the_published_md5_and_refuses_a_mismatch(fake_grouplens, tmp_path):
+def test_download_checks_the_published_md5_and_the_archive(fake_grouplens, tmp_path):
     base, files = fake_grouplens
-    files["/ml-25m.zip.md5"] = b"d41d8cd98f00b204e9800998ecf8427e  ml-25m.zip\n"
-    with pytest.raises(SourceError, match="refusing"):
+    good = hashlib.md5(files["/ml-25m.zip"]).hexdigest()
+    # The published MD5 differs from the pinned one (here the real ML-25M's): refused before downloading.
+    with pytest.raises(SourceError, match="publishes .* expects 6b51fb2759a8657d3bfcbfc42b592ada"):
         formats.download_dataset("ml-25m", tmp_path, base_url=base)
+    files["/ml-25m.zip.md5"] = b"d41d8cd98f00b204e9800998ecf8427e  ml-25m.zip\n"
+    with pytest.raises(SourceError, match="refusing"):  # an archive whose MD5 is not the published one
+        formats.download_dataset("ml-25m", tmp_path, base_url=base, expected_md5="d41d8cd98f00b204e9800998ecf8427e")
     assert not (tmp_path / "ml-25m").exists()
-    files["/ml-25m.zip.md5"] = f"{hashlib.md5(files['/ml-25m.zip']).hexdigest()}  ml-25m.zip\n".encode()
-    folder = formats.download_dataset("ml-25m", tmp_path, base_url=base)
-    assert (folder / "ratings.csv").is_file()
+    files["/ml-25m.zip.md5"] = f"{good}  ml-25m.zip\n".encode()
+    folder = formats.download_dataset("ml-25m", tmp_path, base_url=base, expected_md5=good)
+    assert (folder / "ratings.csv").is_file() and (folder / ".verified_md5").read_text().strip() == good
     with pytest.raises(SourceError, match="RECPIPE_SOURCE_DIR"):
         formats.download_dataset("ml-32m", tmp_path, base_url="http://127.0.0.1:9", timeout_s=2)
 
