@@ -62,6 +62,8 @@ ITEM_COLUMNS = ("title", "genres")
 USER_COLUMNS = ("gender", "age", "occupation", "zip")
 NO_GENRES = "(no genres listed)"  # ML-25M's filler: no genre
 
+_NOT_CSV_DIGITS = np.ones(256, bool)
+_NOT_CSV_DIGITS[[*range(48, 58), 44, 46, 10]] = False  # digits , . and the newline
 _HALF_STARS = re.compile(r"([0-9]+)(?:\.([0-9]+))?\Z")
 
 
@@ -201,9 +203,8 @@ def _fast_csv_ratings(data: bytes, starts: np.ndarray, ends: np.ndarray):
     buf = np.frombuffer(data, np.uint8)
     cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
     stop = ends - cr
-    digit = (buf >= 48) & (buf <= 57)
     # Lines holding any byte but digits, ',' and '.' (a final CR aside) go to the slow path.
-    odd = np.flatnonzero(~digit & (buf != 44) & (buf != 46) & (buf != 10))
+    odd = np.flatnonzero(_NOT_CSV_DIGITS[buf])  # one lookup: one temporary the file's size
     line_of = lambda pos: np.searchsorted(starts, pos, side="right") - 1  # noqa: E731
     n_odd = np.bincount(line_of(odd), minlength=n) - cr
     commas = np.flatnonzero(buf == 44)

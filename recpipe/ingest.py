@@ -1,4 +1,5 @@
-"""Ingest MovieLens files into Postgres for one interval of rating times, idempotently.
+"""Ingest a source folder (ML-1M .dat, ML-25M/32M or generic CSV: recpipe.formats) into
+Postgres for one interval of rating times, idempotently.
 
 One transaction per batch, under the `ingest` row of pipeline_locks: users and movies
 are upserted from their files, then the ratings whose timestamp lies in [start, end)
