@@ -375,7 +375,7 @@ def test_csv_folder_ingest_nightly_publishes_lists(fmt, engine, database_url, tm
             "SELECT count(DISTINCT user_id) FROM ratings WHERE rated_at < %(t)s", {"t": NIGHT}).scalar()
         stats = conn.exec_driver_sql(
             "SELECT data_stats FROM model_runs WHERE model = 'autoint' AND phase = 'gated'").scalar()
-        half_stars = conn.exec_driver_sql("SELECT count(*) FROM ratings WHERE rating_x2 % 2 = 1").scalar()
+        half_stars = conn.exec_driver_sql("SELECT count(*) FROM ratings WHERE mod(rating_x2, 2) = 1").scalar()
     assert (half_stars > 0) == (fmt == "ml-25m")
     assert known_users > 0 and per_model == {"popularity": 10 * known_users, "autoint": 10 * known_users}
     unused = USER_ATTRIBUTES if fmt == "ml-25m" else []  # ML-25M has no user attributes
