@@ -57,11 +57,11 @@ def cmd_db(args, settings: Settings) -> int:
 
 
 def cmd_data(args, settings: Settings) -> int:
-    from recpipe.source import download_ml1m
+    from recpipe.formats import download_dataset
 
     dest = args.dest or settings.home / "data"
-    folder = download_ml1m(dest)
-    print(f"ML-1M verified at {folder}; use it with RECPIPE_SOURCE_DIR={folder}")
+    folder = download_dataset(args.dataset, dest)
+    print(f"{args.dataset} verified at {folder}; use it with RECPIPE_SOURCE_DIR={folder}")
     return 0
 
 
@@ -70,6 +70,8 @@ def cmd_ingest(args, settings: Settings) -> int:
 
     if not args.all and args.start is None and args.end is None:
         raise SystemExit("ingest: give --start/--end or --all")
+    if args.format:
+        settings = settings.with_(source_format=args.format)
     report = pipeline.ingest_interval(settings, None if args.all else args.start, None if args.all else args.end)
     _print(report, args.json, report["summary"])
     return 0
@@ -364,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["upgrade", "url", "stop"])
     p.set_defaults(func=cmd_db)
 
-    p = sub.add_parser("data", help="download MovieLens-1M (checksums verified)")
+    p = sub.add_parser("data", help="download a MovieLens data set (checksums verified)")
     p.add_argument("action", choices=["download"])
+    p.add_argument("--dataset", choices=["ml-1m", "ml-25m", "ml-32m"], default="ml-1m")
     p.add_argument("--dest", type=lambda s: __import__("pathlib").Path(s), default=None)
     p.set_defaults(func=cmd_data)
 
@@ -373,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", type=parse_time)
     p.add_argument("--end", type=parse_time)
     p.add_argument("--all", action="store_true", help="every rating in the files")
+    p.add_argument("--format", choices=["auto", "ml-1m", "ml-25m", "ml-32m", "generic"], default=None,
+                   help="the source folder's layout (default: RECPIPE_SOURCE_FORMAT, else auto)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ingest)
 

@@ -48,6 +48,15 @@ def _deadline(text: str | None, default: timedelta) -> timedelta:
     return value
 
 
+SOURCE_FORMATS = ("auto", "ml-1m", "ml-25m", "ml-32m", "generic")  # recpipe.formats.FORMATS
+
+
+def _source_format(text: str) -> str:
+    if text not in SOURCE_FORMATS:
+        raise ValueError(f"RECPIPE_SOURCE_FORMAT={text!r}: one of {', '.join(SOURCE_FORMATS)}")
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where things are and how the deployment is wired (not what a night does)."""
@@ -58,8 +67,10 @@ class Settings:
     embedded: bool = False
     # State directory: embedded PostgreSQL data, artifacts, downloads.
     home: Path = field(default_factory=lambda: Path(".recpipe").resolve())
-    # Folder holding ratings.dat, movies.dat, users.dat.
+    # Folder holding the source files (ratings.dat, movies.dat, users.dat for ML-1M).
     source_dir: Path | None = None
+    # Its layout (recpipe.formats): auto (detected from the files), ml-1m, ml-25m, ml-32m, generic.
+    source_format: str = "auto"
     # Celery queue of the accelerator worker that trains the Keras models.
     gpu_queue: str = "gpu"
     gate_file: Path = DEFAULT_GATE_FILE
@@ -88,6 +99,7 @@ class Settings:
             embedded=url == EMBEDDED,
             home=Path(env.get("RECPIPE_HOME", ".recpipe")).expanduser().resolve(),
             source_dir=Path(source).expanduser().resolve() if source else None,
+            source_format=_source_format(env.get("RECPIPE_SOURCE_FORMAT") or defaults.source_format),
             gpu_queue=env.get("RECPIPE_GPU_QUEUE") or defaults.gpu_queue,
             gate_file=Path(env["RECPIPE_GATE_FILE"]) if env.get("RECPIPE_GATE_FILE") else DEFAULT_GATE_FILE,
             task_retries=int(env.get("RECPIPE_TASK_RETRIES") or defaults.task_retries),

@@ -170,7 +170,7 @@ def copy_frame(conn: sa.Connection, table: str, frame, columns: list[str]) -> in
     return len(frame)
 
 
-def read_frame(conn: sa.Connection, query: str, params: dict | None = None):
+def read_frame(conn: sa.Connection, query: str, params: dict | None = None, dtype: dict | None = None):
     """Run a SELECT through COPY ... TO STDOUT (several times faster than row fetching)."""
     import io
 
@@ -181,7 +181,7 @@ def read_frame(conn: sa.Connection, query: str, params: dict | None = None):
         buf = io.StringIO()
         cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", buf)
     buf.seek(0)
-    return pd.read_csv(buf)
+    return pd.read_csv(buf, dtype=dtype)
 
 
 def read_ratings(engine: Engine, before=None, since=None):
@@ -204,9 +204,12 @@ def read_ratings(engine: Engine, before=None, since=None):
 
 def read_users(engine: Engine):
     with engine.connect() as conn:
-        return read_frame(conn, "SELECT user_id, gender, age, occupation, zip FROM users ORDER BY user_id").astype(
-            {"zip": str}
-        )
+        frame = read_frame(conn, "SELECT user_id, gender, age, occupation, zip FROM users ORDER BY user_id",
+                           dtype={"gender": str, "zip": str})  # zip is text: "01234" keeps its zero
+    # Attributes are optional (a source without users.dat): missing stays None, never "nan".
+    for name in ("gender", "zip"):
+        frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+    return frame
 
 
 def read_movies(engine: Engine):
@@ -215,6 +218,6 @@ def read_movies(engine: Engine):
         frame = read_frame(conn, "SELECT movie_id, title, year, array_to_json(genres) AS genres FROM movies ORDER BY movie_id")
     import json
 
-    frame["genres"] = frame["genres"].map(json.loads)
+    frame["genres"] = frame["genres"].map(lambda g: json.loads(g) if isinstance(g, str) else None)  # NULL: unknown
     frame["year"] = frame["year"].astype("Int64")
     return frame

@@ -6,12 +6,15 @@ Times are UTC; seed 000 used Korean local time, the one deliberate difference.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import OrdinalEncoder
+
+log = logging.getLogger(__name__)
 
 USER_ITEM_FIELDS = ["user_id", "movie_id"]
 META_FIELDS = [
@@ -39,7 +42,9 @@ def _as_str(values: pd.Series) -> pd.Series:
 def movie_fields(movies: pd.DataFrame) -> pd.DataFrame:
     """movie_id -> movie_decade, movie_year, genre1..3 (one row per movie)."""
     year = movies["year"].astype("Int64")
-    genres = movies["genres"].apply(lambda g: list(g)[:3] + [NO_GENRE] * (3 - len(list(g)[:3])))
+    # Genres NULL (a source without them): unknown, not "no genre".
+    genres = movies["genres"].apply(
+        lambda g: [None] * 3 if g is None else list(g)[:3] + [NO_GENRE] * (3 - len(list(g)[:3])))
     out = pd.DataFrame({"movie_id": movies["movie_id"].astype("int64")})
     out["movie_decade"] = _as_str(year // 10 * 10).map(lambda v: None if v is None else f"{v}s")
     out["movie_year"] = _as_str(year)
@@ -100,7 +105,12 @@ def derive_fields(events: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFram
 
 @dataclass
 class FieldEncoders:
-    """One vocabulary per field; code 0 is unknown/missing, known values are 1..n."""
+    """One vocabulary per field; code 0 is unknown/missing, known values are 1..n.
+
+    `fields`: the fields the model uses, in FIELDS order: fit() keeps the ids, the
+    context fields and every attribute field with at least one value, so a source
+    without user attributes (ML-25M) trains on ids, item and context fields only.
+    """
 
     as_of: datetime | None = None
     encoder: OrdinalEncoder = field(
@@ -109,23 +119,31 @@ class FieldEncoders:
         )
     )
     rows_fitted: int = 0
+    fields: tuple[str, ...] = tuple(FIELDS)  # encoders pickled before this attribute used all 14
 
     def fit(self, frame: pd.DataFrame) -> "FieldEncoders":
         # Missing values are not a category: they encode to UNKNOWN like unseen ones.
-        categories = [sorted(frame[name].dropna().unique()) for name in FIELDS]
+        always = set(USER_ITEM_FIELDS + CONTEXT_FIELDS)
+        self.fields = tuple(name for name in FIELDS if name in always or frame[name].notna().any())
+        categories = [sorted(frame[name].dropna().unique()) for name in self.fields]
         self.encoder.set_params(categories=[np.asarray(c, dtype=object) for c in categories])
-        self.encoder.fit(frame[FIELDS].head(1).fillna(np.nan))
+        self.encoder.fit(frame[list(self.fields)].head(1).fillna(np.nan))
         self.rows_fitted = len(frame)
         return self
 
+    @property
+    def unused_fields(self) -> list[str]:
+        """Fields without any value before as_of (the source does not have them)."""
+        return [name for name in FIELDS if name not in self.fields]
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """int32 codes of shape (n, 14) in FIELDS order."""
-        codes = self.encoder.transform(frame[FIELDS].fillna(np.nan))
+        """int32 codes of shape (n, len(fields)) in `fields` order."""
+        codes = self.encoder.transform(frame[list(self.fields)].fillna(np.nan))
         return (codes + 1).astype(np.int32)
 
     @property
     def vocabularies(self) -> dict[str, list[str]]:
-        return {name: list(cats) for name, cats in zip(FIELDS, self.encoder.categories_)}
+        return {name: list(cats) for name, cats in zip(self.fields, self.encoder.categories_)}
 
     @property
     def field_dims(self) -> list[int]:
@@ -152,12 +170,16 @@ def build_encodings(engine, settings, fitted_before: datetime):
         raise ValueError(f"no ratings before {fitted_before:%Y-%m-%d %H:%M}Z: ingest first")
     frame = derive_fields(ratings, read_movies(engine), read_users(engine))
     encoders = FieldEncoders(as_of=fitted_before).fit(frame)
+    if encoders.unused_fields:
+        log.info("encodings before %s: fields %s have no values in the source, unused; model fields: %s",
+                 fitted_before, ", ".join(encoders.unused_fields), ", ".join(encoders.fields))
     folder = artifacts.new_dir(settings, ENCODINGS_KIND, fitted_before)
     joblib.dump(encoders, folder / ENCODERS_FILE)
     return artifacts.register(
         engine, settings, ENCODINGS_KIND, fitted_before, folder,
         row_counts={"ratings": len(ratings)},
-        details={"field_dims": encoders.field_dims, "fields": FIELDS},
+        details={"field_dims": encoders.field_dims, "fields": list(encoders.fields),
+                 "unused_fields": encoders.unused_fields},
     )
 
 

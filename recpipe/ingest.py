@@ -1,4 +1,5 @@
-"""Ingest MovieLens files into Postgres for one interval of rating times, idempotently.
+"""Ingest a source folder (ML-1M .dat, ML-25M/32M or generic CSV: recpipe.formats) into
+Postgres for one interval of rating times, idempotently.
 
 One transaction per batch, under the `ingest` row of pipeline_locks: users and movies
 are upserted from their files, then the ratings whose timestamp lies in [start, end)
@@ -35,7 +36,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from recpipe import source
+from recpipe import formats, source
 from recpipe.db import raw_cursor, statement
 from recpipe.locks import LockTimeout, take_lock  # noqa: F401 (LockTimeout: what callers catch)
 
@@ -114,18 +115,23 @@ def ingest(
     end: datetime | None = None,
     *,
     progress: bool | None = None,
+    fmt: str = "auto",
 ) -> BatchReport:
-    """Load the ratings with start <= rated_at < end (None = unbounded) from source_dir."""
+    """Load the ratings with start <= rated_at < end (None = unbounded) from source_dir,
+    a folder in format fmt (recpipe.formats: auto, ml-1m, ml-25m, ml-32m, generic)."""
     started = time.perf_counter()
-    source_dir = source.check_source_dir(source_dir)
+    files_in = formats.resolve(source_dir, fmt)
+    source_dir = files_in.folder
     start, end = _utc(start), _utc(end)
     if start is not None and end is not None and start >= end:
         raise ValueError(f"empty interval: start {start} is not before end {end}")
     with _progress(6, progress) as bar:
         # All three files are parsed (and a whole-file refusal raised) before any write.
-        users = source.parse_users(source_dir / source.USERS_FILE)
-        movies = source.parse_movies(source_dir / source.MOVIES_FILE)
-        ratings = source.parse_ratings(source_dir / source.RATINGS_FILE)
+        # A file the source does not provide is None: its ids come from the ratings.
+        users = files_in.parse_users()
+        movies = files_in.parse_items()
+        ratings = files_in.parse_ratings()
+        ratings_file = files_in.ratings.name
         bar.update(1)
 
         lo = -np.inf if start is None else start.timestamp()
@@ -142,30 +148,45 @@ def ingest(
             take_lock(conn, INGEST_LOCK)
             batch_id = conn.execute(
                 sa.text(
-                    "INSERT INTO ingest_batches (source, interval_start, interval_end, input_sha256)"
-                    " VALUES (:source, :start, :end, :sha) RETURNING batch_id"
+                    "INSERT INTO ingest_batches (source, interval_start, interval_end, input_sha256, source_format)"
+                    " VALUES (:source, :start, :end, :sha, :fmt) RETURNING batch_id"
                 ),
-                {"source": str(source_dir), "start": start, "end": end, "sha": ratings.sha256},
+                {"source": str(source_dir), "start": start, "end": end, "sha": ratings.sha256,
+                 "fmt": files_in.format},
             ).scalar_one()
             files: dict[str, dict] = {}
-            users_changed = _upsert_users(conn, users.rows)
-            movies_changed = _upsert_movies(conn, movies.rows)
-            for name, parsed, changed in ((source.USERS_FILE, users, users_changed),
-                                          (source.MOVIES_FILE, movies, movies_changed)):
-                files[name] = _file_counts(
+            parsed_files = {}  # file name -> Parsed, for the ledger
+            users_changed = _upsert_users(conn, users.rows) if users is not None else 0
+            movies_changed = _upsert_movies(conn, movies.rows) if movies is not None else 0
+            for path, parsed, changed in ((files_in.users, users, users_changed),
+                                          (files_in.items, movies, movies_changed)):
+                if parsed is None:
+                    continue
+                files[path.name] = _file_counts(
                     parsed.lines_read, changed, len(parsed.rows) - changed + parsed.duplicate, parsed.rejected)
-                _quarantine(conn, batch_id, name, parsed, parsed.rejected, parsed.rows["line_no"].to_numpy())
+                parsed_files[path.name] = parsed
+                _quarantine(conn, batch_id, path.name, parsed, parsed.rejected, parsed.rows["line_no"].to_numpy())
             bar.update(1)
             _stage_ratings(conn, rows)
+            # Without an items (users) file, the items (users) rated are the known ones,
+            # attributes NULL; a user is implied only by a rating of a known item.
+            if movies is None:
+                movies_changed += conn.exec_driver_sql(
+                    "INSERT INTO movies (movie_id) SELECT DISTINCT movie_id FROM stage_ratings"
+                    " ON CONFLICT (movie_id) DO NOTHING").rowcount
+            if users is None:
+                users_changed += conn.exec_driver_sql(
+                    "INSERT INTO users (user_id) SELECT DISTINCT s.user_id FROM stage_ratings s"
+                    " JOIN movies m ON m.movie_id = s.movie_id ON CONFLICT (user_id) DO NOTHING").rowcount
             bar.update(1)
-            outcome = _classify_and_insert(conn, batch_id, len(rows))
+            outcome = _classify_and_insert(conn, batch_id, len(rows), users_implied=users is None)
             bar.update(2)
             db_rejected = pd.DataFrame(outcome["rejected_lines"], columns=["line_no", "reason"])
             db_rejected["raw_bytes"] = [ratings.line_bytes(n) for n in db_rejected["line_no"]]
             db_rejected["raw_line"] = [source.raw_text(b, "ascii") for b in db_rejected["raw_bytes"]]
             all_rejected = pd.concat([bad, db_rejected], ignore_index=True)
             stored_lines = np.setdiff1d(rows["line_no"].to_numpy(), db_rejected["line_no"].to_numpy())
-            _quarantine(conn, batch_id, source.RATINGS_FILE, ratings, all_rejected, stored_lines)
+            _quarantine(conn, batch_id, ratings_file, ratings, all_rejected, stored_lines)
             reasons = Counter(all_rejected["reason"].tolist())
             report = BatchReport(
                 batch_id=batch_id,
@@ -180,12 +201,12 @@ def ingest(
                 users_changed=users_changed,
                 movies_changed=movies_changed,
             )
-            files[source.RATINGS_FILE] = _file_counts(report.lines_read, report.inserted, report.duplicate,
+            files[ratings_file] = _file_counts(report.lines_read, report.inserted, report.duplicate,
                                                       all_rejected)
             report.files = files
             if not report.reconciles:  # would be a bug here, never bad input
                 raise RuntimeError(f"ingest does not reconcile: {report.summary()}")
-            encodings = {source.USERS_FILE: users, source.MOVIES_FILE: movies, source.RATINGS_FILE: ratings}
+            encodings = {**parsed_files, ratings_file: ratings}
             conn.execute(
                 sa.text(
                     "INSERT INTO ingest_batch_files (batch_id, source_file, input_sha256, encoding, lines_read,"
@@ -242,11 +263,28 @@ def _copy(conn: sa.Connection, table: str, frame: pd.DataFrame, columns: list[st
 _USER_COLUMNS = ["user_id", "gender", "age", "occupation", "zip"]
 
 
+def _copy_nullable(conn: sa.Connection, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
+    """COPY where a missing value (None, NA) is NULL and every present one is quoted text:
+    in CSV an unquoted empty field is NULL and a quoted one is text, so an empty or
+    literally \\N zip or title stays text."""
+    def cell(value) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+            return ""
+        return '"' + str(value).replace('"', '""') + '"'
+
+    buf = io.StringIO()
+    for row in frame[columns].itertuples(index=False, name=None):
+        buf.write(",".join(cell(v) for v in row) + "\n")
+    buf.seek(0)
+    with raw_cursor(conn) as cur:
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buf)
+
+
 def _upsert_users(conn: sa.Connection, users: pd.DataFrame) -> int:
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_users (LIKE users INCLUDING DEFAULTS) ON COMMIT DROP"
     )
-    _copy(conn, "stage_users", users, _USER_COLUMNS, ("gender", "zip"))  # one row per id (parser)
+    _copy_nullable(conn, "stage_users", users, _USER_COLUMNS)  # one row per id (parser)
     # Only rows that really change are written: a re-run touches nothing.
     return conn.exec_driver_sql(
         "INSERT INTO users SELECT * FROM stage_users ON CONFLICT (user_id) DO UPDATE"
@@ -262,9 +300,9 @@ def _pg_array(values: list[str]) -> str:
 
 def _upsert_movies(conn: sa.Connection, movies: pd.DataFrame) -> int:
     frame = movies.copy()
-    frame["genres"] = frame["genres"].map(_pg_array)
+    frame["genres"] = frame["genres"].map(lambda g: None if g is None else _pg_array(g))  # None: unknown
     conn.exec_driver_sql("CREATE TEMP TABLE stage_movies (LIKE movies INCLUDING DEFAULTS) ON COMMIT DROP")
-    _copy(conn, "stage_movies", frame, ["movie_id", "title", "year", "genres"], ("title", "genres"))
+    _copy_nullable(conn, "stage_movies", frame, ["movie_id", "title", "year", "genres"])
     return conn.exec_driver_sql(
         "INSERT INTO movies SELECT * FROM stage_movies ON CONFLICT (movie_id) DO UPDATE"
         " SET title = EXCLUDED.title, year = EXCLUDED.year, genres = EXCLUDED.genres"
@@ -283,17 +321,20 @@ def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
         rows = rows.sort_values(["ts", "line_no"], kind="stable")
         key = key.loc[rows.index]
         repeat = key.duplicated(keep="first").to_numpy()
-        identical = pd.DataFrame({"k": key, "r": rows["rating"], "t": rows["ts"]}).duplicated(keep="first").to_numpy()
+        value = rows["rating_x2"] if "rating_x2" in rows else rows["rating"]
+        identical = pd.DataFrame({"k": key, "r": value, "t": rows["ts"]}).duplicated(keep="first").to_numpy()
         marks = np.where(repeat, np.where(identical, 1, 2), 0)
     else:
         marks = np.zeros(len(rows), np.int8)
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_ratings (user_id integer, movie_id integer, rating smallint,"
-        " ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
+        " rating_x2 smallint, ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
     )
+    x2 = rows["rating_x2"] if "rating_x2" in rows else rows["rating"] * 2  # whole stars (ML-1M)
     _copy_binary(conn, "stage_ratings", [
         ("user_id", ">i4", rows["user_id"]), ("movie_id", ">i4", rows["movie_id"]), ("rating", ">i2", rows["rating"]),
-        ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]), ("repeat", ">i2", marks)])
+        ("rating_x2", ">i2", x2), ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]),
+        ("repeat", ">i2", marks)])
 
 
 def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]]) -> None:
@@ -328,11 +369,13 @@ _RATINGS_FKS = {
 # lines come back (line numbers by reason) to be quarantined with their bytes.
 _CLASSIFY_AND_WRITE = """
 WITH classified AS MATERIALIZED (
-    SELECT s.user_id, s.movie_id, s.rating, to_timestamp(s.ts) AS rated_at, s.line_no,
+    SELECT s.user_id, s.movie_id, s.rating, s.rating_x2, to_timestamp(s.ts) AS rated_at, s.line_no,
            CASE
-             WHEN u.user_id IS NULL THEN 'unknown_user'
+             -- Users implied by the ratings exist unless the item is unknown: say so.
+             WHEN u.user_id IS NULL AND (m.movie_id IS NOT NULL OR NOT %(users_implied)s) THEN 'unknown_user'
              WHEN m.movie_id IS NULL THEN 'unknown_movie'
              WHEN r.user_id IS NOT NULL AND r.rating = s.rating AND r.rated_at = to_timestamp(s.ts)
+                  AND coalesce(r.rating_x2, 2 * r.rating) = s.rating_x2  -- NULL: stored before 013
                THEN 'duplicate'
              WHEN r.user_id IS NOT NULL THEN 'conflicts_stored'
              WHEN s.repeat = 0 THEN 'insert'
@@ -344,8 +387,8 @@ WITH classified AS MATERIALIZED (
     LEFT JOIN movies m ON m.movie_id = s.movie_id
     LEFT JOIN ratings r ON r.user_id = s.user_id AND r.movie_id = s.movie_id
 ), inserted AS (
-    INSERT INTO ratings (user_id, movie_id, rating, rated_at, batch_id, source_line)
-    SELECT user_id, movie_id, rating, rated_at, %(batch)s, line_no FROM classified
+    INSERT INTO ratings (user_id, movie_id, rating, rating_x2, rated_at, batch_id, source_line)
+    SELECT user_id, movie_id, rating, rating_x2, rated_at, %(batch)s, line_no FROM classified
     WHERE outcome = 'insert'
     ORDER BY user_id, movie_id  -- primary-key order: sequential index inserts
     RETURNING 1
@@ -356,10 +399,10 @@ UNION ALL SELECT 'rows_inserted', count(*), NULL FROM inserted
 """
 
 
-def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int) -> dict:
+def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int, users_implied: bool = False) -> dict:
     bulk = staged_rows > BULK_INSERT_ROWS and _drop_ratings_fks(conn)
     with raw_cursor(conn) as cur:
-        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id})
+        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id, "users_implied": users_implied})
         result = {outcome: (n, lines or []) for outcome, n, lines in cur.fetchall()}
     if bulk:
         conn.exec_driver_sql(

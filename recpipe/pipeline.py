@@ -30,10 +30,11 @@ def make_plan(settings: Settings, night: datetime, params: PipelineParams | None
 
 
 def ingest_interval(settings: Settings, start: datetime | None, end: datetime | None) -> dict:
-    """Load the ratings with start <= rated_at < end (None: unbounded) from settings.source_dir."""
+    """Load the ratings with start <= rated_at < end (None: unbounded) from settings.source_dir
+    (in settings.source_format)."""
     from recpipe.ingest import ingest
 
-    report = ingest(_engine(settings), settings.source_dir, start, end)
+    report = ingest(_engine(settings), settings.source_dir, start, end, fmt=settings.source_format)
     return {**report.to_dict(), "summary": report.summary()}
 
 

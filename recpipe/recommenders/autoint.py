@@ -5,6 +5,7 @@ Config: AutoIntConfig's fields plus the data option `negatives_per_rating`.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -17,6 +18,7 @@ from recpipe.features import CONTEXT_FIELDS, FIELDS, ITEM_FIELDS, USER_FIELDS, d
 from recpipe.models.autoint.config import DEFAULT_CONFIG, AutoIntConfig
 from recpipe.recommenders.base import Fitted, History, Store, empty_lists, history_summary, merge_config
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "autoint.keras"
 # The product ranks every unseen movie, not only the ones a user chose to rate: training
 # on ratings alone (the seed's CTR task) never shows the model a movie nobody picks.
@@ -57,7 +59,11 @@ class AutoIntRecommender:
         stats = {"train_until": train_until.isoformat(), "rows": int(len(y)), "positives": float(y.mean()),
                  "ratings": int(len(ratings)), "negatives_per_rating": config["negatives_per_rating"],
                  "users": int(ratings["user_id"].nunique()), "movies": int(ratings["movie_id"].nunique()),
-                 "encodings_artifact_id": int(inputs.encodings_id), "field_dims": encoders.field_dims}
+                 "encodings_artifact_id": int(inputs.encodings_id), "field_dims": encoders.field_dims,
+                 "fields": list(encoders.fields), "unused_fields": encoders.unused_fields}
+        log.info("autoint trains on %d fields: %s%s", len(encoders.fields), ", ".join(encoders.fields),
+                 f" (unused, no values in the source: {', '.join(encoders.unused_fields)})"
+                 if encoders.unused_fields else "")
         return X, y, encoders.field_dims, stats
 
     def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None) -> Fitted:
@@ -132,10 +138,10 @@ def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed
 # Top-k scoring of the catalogue
 # ---------------------------------------------------------------------------------------
 def _field_codes(encoders, partial: pd.DataFrame, owned: list[str]) -> np.ndarray:
-    """Codes of the `owned` fields of `partial` (other fields 0)."""
+    """Codes of the `owned` fields of `partial` (other fields 0), in the encoders' field order."""
     frame = pd.DataFrame({name: partial[name] if name in owned else None for name in FIELDS}, index=partial.index)
     codes = encoders.transform(frame)
-    mask = np.array([name in owned for name in FIELDS])
+    mask = np.array([name in owned for name in encoders.fields])
     codes[:, ~mask] = 0
     return codes
 
