@@ -4,7 +4,7 @@ A fresh process is what the accelerator worker uses: TensorFlow keeps GPU memory
 the life of a process and CUDA cannot be re-initialised in a forked Celery worker.
 The parent writes a typed request (JSON: the night plan, the model, the input ids),
 runs `python -m recpipe.train REQUEST RESPONSE`, and reads the typed response back;
-the child's stdout and stderr are its log, never parsed. The database URL travels in
+the child's stdout and stderr are its log, relayed line by line at INFO, never parsed. The database URL travels in
 the child's environment, never in the request file.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,9 +106,19 @@ def train_in_fresh_process(settings: Settings, database_url: str, request: Train
         request_path.write_text(request.to_json())
         command = [sys.executable, "-m", "recpipe.train", str(request_path), str(response_path)]
         log.info("training %s in a fresh process", request.model)
-        done = subprocess.run(command, env=settings.child_env(database_url))
-        if done.returncode != 0 or not response_path.is_file():
-            raise RuntimeError(f"training {request.model} failed in its process (exit code {done.returncode});"
+        # TensorFlow's C++ INFO/WARNING banner off; the child's lines are relayed through
+        # this logger at INFO (a task log would file raw stderr as errors).
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **settings.child_env(database_url)}
+        tail: deque[str] = deque(maxlen=40)
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace") as child:
+            for line in child.stdout:
+                tail.append(line.rstrip())
+                log.info("[%s] %s", request.model, line.rstrip())
+        if child.returncode != 0 or not response_path.is_file():
+            log.error("training %s failed in its process (exit code %s); its last lines:\n%s",
+                      request.model, child.returncode, "\n".join(tail))
+            raise RuntimeError(f"training {request.model} failed in its process (exit code {child.returncode});"
                                " its log is above")
         return TrainResponse.from_dict(json.loads(response_path.read_text()))
 

@@ -43,10 +43,11 @@ def test_bad_parameters_are_refused_before_anything_runs(settings, choices, mess
         pipeline.make_plan(settings, NIGHT, **choices)
 
 
-def test_training_process_receives_the_plan_and_returns_a_typed_response(engine, settings):
+def test_training_process_receives_the_plan_and_returns_a_typed_response(engine, settings, caplog):
     """A model trained in a fresh process: its run records the plan's night and cutoff and
-    its full config, which loads back unchanged."""
+    its full config, which loads back unchanged; its output reaches the log at INFO."""
     ingest(engine, settings.source_dir)
+    caplog.set_level("INFO", logger="recpipe.train")
     plan = pipeline.make_plan(settings, NIGHT, eval_window=timedelta(days=45),
                               model_overrides={"popularity": {"window_days": 30}})
     response = train_in_fresh_process(settings, settings.database_url, TrainRequest(plan, "popularity"))
@@ -57,3 +58,6 @@ def test_training_process_receives_the_plan_and_returns_a_typed_response(engine,
     assert run.data_stats["train_until"] == (NIGHT - timedelta(days=45)).isoformat()
     assert run.config == {"window_days": 30}
     assert registry.recommender("popularity").make_config(run.config, None) == run.config
+    relayed = [r for r in caplog.records if r.name == "recpipe.train" and r.getMessage().startswith("[popularity] ")]
+    assert relayed and all(r.levelname == "INFO" for r in relayed)
+    assert any("trained popularity" in r.getMessage() for r in relayed)
