@@ -34,11 +34,13 @@ def ratings_asset_uri(database_url: str | None = None, connection_uri: str | Non
     return f"postgres://{COMPOSE_DATABASE}/public/ratings"
 
 
+# Every process must see the same URI (a changed URI under the same name makes Airflow
+# refuse the task): RECPIPE_RATINGS_ASSET_URI pins it where they reach the database differently.
 # Updated by every successful recpipe_ingest run; its event's extra carries the interval
 # loaded (interval_start, interval_end), which is the night a triggered recpipe_nightly plans.
 RATINGS_ASSET = Asset(
     name="recpipe_ratings", group="recpipe",
-    uri=ratings_asset_uri(SETTINGS.database_url, os.environ.get("AIRFLOW_CONN_RECPIPE_DB")))
+    uri=SETTINGS.ratings_asset_uri or ratings_asset_uri(SETTINGS.database_url, os.environ.get("AIRFLOW_CONN_RECPIPE_DB")))
 
 
 def on_failure(context) -> None:

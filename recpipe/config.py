@@ -85,6 +85,9 @@ class Settings:
     alert_email_from: str | None = None
     # `make run` only: both models' epochs (quick smoke runs).
     epochs: int | None = None
+    # The ratings Asset's URI when set (else derived from the database: dags/_recpipe_dag_utils.py);
+    # for deployments whose processes reach the database under different names.
+    ratings_asset_uri: str | None = None
     # A night's lists must be published by its UTC midnight plus this (recpipe_deadline alerts otherwise).
     publish_deadline: timedelta = timedelta(hours=6)
 
@@ -113,6 +116,7 @@ class Settings:
             alert_email=env.get("RECPIPE_ALERT_EMAIL") or None,
             alert_email_from=env.get("RECPIPE_ALERT_EMAIL_FROM") or None,
             epochs=int(env["RECPIPE_EPOCHS"]) if env.get("RECPIPE_EPOCHS") else None,
+            ratings_asset_uri=env.get("RECPIPE_RATINGS_ASSET_URI") or None,
             publish_deadline=_deadline(env.get("RECPIPE_PUBLISH_DEADLINE"), defaults.publish_deadline),
         )
 

@@ -624,7 +624,9 @@ def test_a_task_without_its_database_fails_instead_of_using_a_throwaway_one(airf
     """No RECPIPE_DATABASE_URL and no `recpipe_db` connection: the task ends failed, and no
     embedded PostgreSQL is started behind the operator's back."""
     home = tmp_path / "home"
-    env = {"RECPIPE_SOURCE_DIR": str(settings.source_dir), "RECPIPE_HOME": str(home), "RECPIPE_TASK_RETRIES": "0"}
+    env = {"RECPIPE_SOURCE_DIR": str(settings.source_dir), "RECPIPE_HOME": str(home), "RECPIPE_TASK_RETRIES": "0",
+           # the Asset other runs of this Airflow home registered (its URI names their database)
+           "RECPIPE_RATINGS_ASSET_URI": f"postgres://127.0.0.1:5432/{settings.database_url.rsplit('/', 1)[1]}/public/ratings"}
     proc = airflow_home.airflow("dags", "test", "recpipe_ingest", "2000-05-11", env=env, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
