@@ -401,6 +401,8 @@ def test_serving_settings_validated():
 
     config = RECOMMENDER.make_config({"history_lengths": [5, 20], "loss": "bpr_max"}, 2)
     assert config["history_lengths"] == [5, 20] and config["epochs"] == 2 and config["loss"] == "bpr_max"
+    # the product trains on user sequences; the model's own default (session protocol) stays
+    assert config["sequences"] == "users" and GRU4RecConfig().sequences == "sessions"
     assert RECOMMENDER.make_config(config, None) == config
     for bad in ({"serving": "everything"}, {"history_lengths": []}, {"history_lengths": [0]},
                 {"validation_days": 0}, {"loss": "hinge"}, {"sequences": "days"}):
