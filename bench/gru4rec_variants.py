@@ -48,6 +48,34 @@ def test_by_serving(settings, run_id: int, lengths) -> list[dict]:
     return rows
 
 
+def validation_popularity(settings, days: int = 30) -> dict:
+    """The popularity baseline (its 90-day window) on GRU4Rec's serving-choice validation
+    window (the last `days` before the cutoff, histories as of its start): the reference
+    for the validation figures in each run's serving choice log."""
+    from datetime import timedelta
+
+    import numpy as np
+    import pandas as pd
+
+    from recpipe import pipeline
+    from recpipe.evaluation.metrics import ranking_metrics
+    from recpipe.evaluation.production import DEFAULT_CUTOFF, POSITIVE_MIN_RATING
+    from recpipe.models.popularity import fit_popularity, score_top_k
+    from recpipe.recommenders.base import Store
+
+    store = Store(pipeline._engine(settings), settings)
+    ratings = store.ratings(before=DEFAULT_CUTOFF)
+    split = DEFAULT_CUTOFF - timedelta(days=days)
+    before = ratings[ratings["rated_at"] < pd.Timestamp(split)]
+    window = ratings[(ratings["rated_at"] >= pd.Timestamp(split)) & ratings["user_id"].isin(before["user_id"].unique())]
+    positives = window.loc[window["rating"] >= POSITIVE_MIN_RATING, ["user_id", "movie_id"]]
+    users = np.sort(positives["user_id"].unique())
+    seen = {int(u): set(m.tolist()) for u, m in before.groupby("user_id")["movie_id"]}
+    m = ranking_metrics(score_top_k(fit_popularity(before, split), users, seen, 10), positives, len(store.movies()), 10)
+    return {"validation_from": split.isoformat(), "users": int(len(users)),
+            **{k: m[k] for k in ("ndcg_at_10", "recall_at_10", "hit_rate_at_10")}}
+
+
 def main(argv=None) -> int:
     from recpipe import pipeline, registry, runs
     from recpipe.config import Settings
@@ -59,9 +87,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--by-serving", metavar="VARIANT", action="append", default=[],
                     help="add the test figures of VARIANT's run (already in --out) served every way")
+    ap.add_argument("--validation-popularity", action="store_true",
+                    help="add popularity's figures on the serving-choice validation window to --out")
     args = ap.parse_args(argv)
-    if args.by_serving:
+    if args.by_serving or args.validation_popularity:
         out = json.loads(Path(args.out).read_text())
+        if args.validation_popularity:
+            out["validation_popularity"] = validation_popularity(Settings.from_env())
+            print(out["validation_popularity"])
         for name in args.by_serving:
             v = out["variants"][name]
             v["test_by_serving_not_used_for_choosing"] = test_by_serving(Settings.from_env(), v["run_id"],
