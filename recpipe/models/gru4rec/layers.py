@@ -82,9 +82,10 @@ class SampledItemLoss(layers.Layer):
     popularity bias. bpr_max: -log sum_j softmax_neg(s)_j sigmoid(s_i - s_j) plus
     bpreg * sum_j softmax_neg(s)_j s_j^2, after an optional ELU.
 
-    Inputs: hidden [N, H], targets [N] int, weights [N] (0 for padding), and the item
-    output matrix / bias passed as `scores_layer` (Dense [H, items] or TiedItemScores).
-    `set_popularity(counts)` must be called before training.
+    Inputs: hidden [N, H], targets [N] int, weights [N] (0 for padding). The item output
+    weights are the inference network's output layer, set as `scores_layer` (Dense or
+    TiedItemScores) after construction: this layer lives only in the training network,
+    which is never saved. `set_popularity(counts)` must be called before training.
     """
 
     def __init__(self, n_items: int, loss: str, n_sample: int, sample_alpha: float, logq: float = 0.0,
