@@ -218,8 +218,13 @@ def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
 
     cutoff = args.cutoff or DEFAULT_CUTOFF
     window = args.window or DEFAULT_WINDOW
+    overrides = {}
+    if args.overrides:
+        if len(models) != 1:
+            raise SystemExit("recpipe evaluate: --overrides needs one --model")
+        overrides = {models[0]: args.overrides}
     plan = pipeline.make_plan(settings, cutoff + window, eval_window=window, models=_models_with_baseline(models),
-                              epochs=args.epochs, dry_run=True)
+                              epochs=args.epochs, dry_run=True, model_overrides=overrides)
     inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan), pipeline.rebuild_sessions(settings, plan))
     trained = {m: pipeline.train_model(settings, plan, m, inputs)["run_id"] for m in plan.models}
     evaluated = pipeline.evaluate(settings, plan, list(trained.values()))
@@ -413,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", choices=["default", "seed"], default="default",
                    help="seed protocols: the seed's settings or recpipe's defaults")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--overrides", type=_json_arg, help="production: config overrides of --model, a JSON object")
     p.add_argument("--out", help="also write the figures to this JSON file (e.g. eval/production.json)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -219,3 +219,205 @@ def test_tied_embedding_model_learns_and_round_trips(tmp_path):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError):
         _build_networks(5, GRU4RecConfig(tied=True, hidden=8, embedding_dim=4))
+
+
+# ------------------------------------------------------------------ sampled losses
+def _sampled_layer(loss, n_items, dim, n_sample=0, **kwargs):
+    """A SampledItemLoss over a plain Dense output layer with known weights."""
+    import keras
+
+    from recpipe.models.gru4rec.layers import SampledItemLoss
+
+    rng = np.random.default_rng(1)
+    out = keras.layers.Dense(n_items)
+    out.build((None, dim))
+    kernel, bias = rng.normal(size=(dim, n_items)).astype("float32"), rng.normal(size=n_items).astype("float32")
+    out.set_weights([kernel, bias])
+    layer = SampledItemLoss(n_items, loss, n_sample, kwargs.pop("sample_alpha", 0.5), **kwargs)
+    layer.scores_layer = out
+    layer.build(None)
+    return layer, kernel, bias
+
+
+def _reference_scores(h, targets, kernel, bias):
+    scores = h @ kernel[:, targets] + bias[targets]
+    n = len(targets)
+    eye = np.eye(n, dtype=bool)
+    negative = ~eye & (targets[None, :] != targets[:, None])
+    return scores, eye, negative
+
+
+def test_sampled_softmax_matches_reference_with_logq_and_masks():
+    """In-batch sampled softmax: duplicates of a row's target and padding columns are no
+    negatives; logQ subtracts logq * log(popularity) of each candidate."""
+    n_items, dim = 7, 4
+    counts = np.array([50, 1, 8, 3, 20, 0, 5])
+    targets = np.array([0, 2, 0, 4, 6, 3], np.int32)  # item 0 twice
+    weights = np.array([1, 1, 1, 1, 1, 0], np.float32)  # last position is padding
+    h = np.random.default_rng(2).normal(size=(len(targets), dim)).astype("float32")
+    for logq in (0.0, 1.0):
+        layer, kernel, bias = _sampled_layer("sampled_softmax", n_items, dim, logq=logq)
+        layer.set_popularity(counts)
+        got = np.asarray(layer(h, targets, weights))
+        scores, eye, negative = _reference_scores(h, targets, kernel, bias)
+        scores = scores - logq * np.log(counts + 1.0)[targets][None, :]
+        negative &= (weights > 0)[None, :]
+        keep = negative | eye
+        expected = [np.log(np.exp(scores[i, keep[i]]).sum()) - scores[i, i] for i in range(len(targets))]
+        assert got.shape == (len(targets),)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # the correction changes the loss (popular in-batch negatives count for less)
+    plain, _, _ = _sampled_layer("sampled_softmax", n_items, dim, logq=0.0)
+    plain.set_popularity(counts)
+    assert np.abs(np.asarray(plain(h, targets, weights)) - got).max() > 1e-3
+
+
+def test_bpr_max_matches_reference():
+    n_items, dim, bpreg = 6, 3, 0.7
+    targets = np.array([1, 3, 1, 5, 0], np.int32)
+    weights = np.ones(len(targets), np.float32)
+    h = np.random.default_rng(3).normal(size=(len(targets), dim)).astype("float32")
+    layer, kernel, bias = _sampled_layer("bpr_max", n_items, dim, bpreg=bpreg, elu_param=0.0)
+    layer.set_popularity(np.ones(n_items))
+    got = np.asarray(layer(h, targets, weights))
+    scores, eye, negative = _reference_scores(h, targets, kernel, bias)
+    expected = []
+    for i in range(len(targets)):
+        s_neg = scores[i, negative[i]]
+        soft = np.exp(s_neg - s_neg.max())
+        soft /= soft.sum()
+        sig = 1.0 / (1.0 + np.exp(-(scores[i, i] - s_neg)))
+        expected.append(-np.log((soft * sig).sum()) + bpreg * (soft * s_neg ** 2).sum())
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_extra_negatives_follow_popularity_alpha():
+    counts = np.array([0, 9, 99, 999])
+    layer, _, _ = _sampled_layer("sampled_softmax", 4, 2, n_sample=20_000, sample_alpha=0.5)
+    layer.set_popularity(counts)
+    drawn = np.bincount(np.asarray(layer.sample()), minlength=4) / 20_000
+    p = (counts + 1.0) ** 0.5
+    np.testing.assert_allclose(drawn, p / p.sum(), atol=0.015)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])
+def test_sampled_training_step_moves_only_candidate_outputs(loss):
+    """Gradients reach the output rows of the mini-batch's items (and the GRU), never
+    the rows of items that were not candidates (n_sample=0: in-batch only)."""
+    import keras
+
+    from recpipe.models.gru4rec.fit import _position_loss
+
+    cfg = GRU4RecConfig(hidden=8, embedding_dim=6, batch_size=2, bptt=3, dropout=0.0, loss=loss, n_sample=0, seed=5)
+    train_model, infer_model = _build_networks(10, cfg)
+    train_model.get_layer("sampled_loss").set_popularity(np.ones(10))
+    train_model.compile(optimizer=keras.optimizers.SGD(0.5), loss=_position_loss)
+    items = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
+    targets = np.array([[2, 3, 7], [5, 6, 8]], np.int32)
+    weights = np.ones((2, 3), np.float32)
+    out = infer_model.get_layer("item_scores")  # shared with the training network
+    before = out.get_weights()[0].copy()
+    x = [items, np.zeros((2, 3), np.float32), targets, weights]
+    first = float(train_model.train_on_batch(x, np.zeros((2, 3), np.float32), sample_weight=weights))
+    moved = np.abs(out.get_weights()[0] - before).max(axis=0) > 0
+    assert set(np.flatnonzero(moved)) == {2, 3, 5, 6, 7, 8}
+    for _ in range(20):
+        last = float(train_model.train_on_batch(x, np.zeros((2, 3), np.float32), sample_weight=weights))
+    assert np.isfinite(first) and last < first
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])
+def test_sampled_losses_learn_planted_pattern(loss):
+    cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "loss": loss, "n_sample": 16})
+    bundle, history = fit_gru4rec(planted_events(240), cfg, verbose=0)
+    seqs = session_sequences(planted_events(40, seed=2), bundle.index)
+    assert evaluate_sequences(bundle, seqs, k=1)["recall"] > 0.8
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_loss_names_and_legacy_spelling():
+    assert GRU4RecConfig(loss="cross-entropy").loss == "cross_entropy"  # runs stored before
+    with pytest.raises(ValueError):
+        GRU4RecConfig(loss="hinge")
+    with pytest.raises(ValueError):
+        GRU4RecConfig(sequences="days")
+
+
+# ------------------------------------------------------------ serving from history
+def _rated(events):
+    """planted_events as stored ratings (rated_at from ts)."""
+    return events.assign(rated_at=pd.to_datetime(events["ts"], unit="s", utc=True))
+
+
+def test_user_served_from_several_sessions(trained):
+    """The history spans the user's sessions in time order (last L liked, known movies);
+    the last session alone is shorter, and the lists differ."""
+    from recpipe.recommenders.gru4rec import recent_histories, serving_histories
+
+    bundle = trained[0]
+    ratings = pd.DataFrame({
+        "user_id": [1] * 7 + [2],
+        "movie_id": [100, 101, 102, 999, 110, 111, 105, 104],
+        "rating": [5, 4, 2, 5, 4, 5, 4, 4],
+        "ts": [10, 20, 30, 40, 10_000, 10_010, 20_000, 5],  # three sessions of user 1 (30-minute gap)
+        "line_no": range(8),
+    })
+    params = {"mode": "gap", "session_gap": "1800s", "bucket": "7200s", "min_rating": 3}
+    assert recent_histories(ratings, [1, 2], 4, 3, bundle.index) == {1: [101, 110, 111, 105], 2: [104]}
+    long = serving_histories(bundle, ratings, params, {"mode": "history", "history_length": 200}, [1])
+    last = serving_histories(bundle, ratings, params, {"mode": "last_session"}, [1])
+    assert long == {1: [100, 101, 110, 111, 105]}  # 102 disliked, 999 unknown to the model
+    assert last == {1: [105]}
+    # the earlier sessions change the state the user is scored from
+    a, b = score_top_k(bundle, long, k=5), score_top_k(bundle, last, k=5)
+    assert not np.allclose(a.score.to_numpy(), b.score.to_numpy())
+
+
+def test_history_length_chosen_on_validation_and_recorded(trained):
+    from recpipe.recommenders.gru4rec import choose_serving
+
+    bundle, _, train, _ = trained
+    ratings = _rated(planted_events(300, seed=4))
+    cutoff = ratings["rated_at"].max() + pd.Timedelta(seconds=1)
+    params = {"mode": "gap", "session_gap": "1800s", "bucket": "7200s", "min_rating": 3}
+    days = int(np.ceil((cutoff - ratings["rated_at"].min()).days / 4)) + 1
+    serving = choose_serving(bundle, ratings, params, {"serving": "history", "history_lengths": [50, 1, 3],
+                                                       "validation_days": days}, cutoff)
+    assert serving["mode"] == "history" and serving["candidates"] == [1, 3, 50]
+    assert serving["validation_users"] > 0
+    log = serving["choice_log"]
+    assert [e["mode"] for e in log] == ["last_session", "history", "history", "history"]
+    best = max((e for e in log if e["mode"] == "history"), key=lambda e: e["ndcg_at_10"])
+    assert serving["history_length"] == best["history_length"]
+    fixed = choose_serving(bundle, ratings, params, {"serving": "history", "history_lengths": [7],
+                                                     "validation_days": days}, cutoff)
+    assert fixed["history_length"] == 7 and fixed["choice_log"] == []
+    assert choose_serving(bundle, ratings, params, {"serving": "last_session", "history_lengths": [7],
+                                                    "validation_days": days}, cutoff)["mode"] == "last_session"
+
+
+def test_serving_settings_validated():
+    from recpipe.recommenders.gru4rec import RECOMMENDER
+
+    config = RECOMMENDER.make_config({"history_lengths": [5, 20], "loss": "bpr_max"}, 2)
+    assert config["history_lengths"] == [5, 20] and config["epochs"] == 2 and config["loss"] == "bpr_max"
+    # the product trains on user sequences; the model's own default (session protocol) stays
+    assert config["sequences"] == "users" and GRU4RecConfig().sequences == "sessions"
+    assert RECOMMENDER.make_config(config, None) == config
+    for bad in ({"serving": "everything"}, {"history_lengths": []}, {"history_lengths": [0]},
+                {"validation_days": 0}, {"loss": "hinge"}, {"sequences": "days"}):
+        with pytest.raises(ValueError):
+            RECOMMENDER.make_config(bad, None)
+
+
+def test_user_level_sequences_cross_sessions():
+    events = planted_events(120)  # 40 users, three sessions each
+    index = ItemIndex.from_events(events)
+    by_user = session_sequences(events, index, "user_id")
+    by_session = session_sequences(events, index)
+    assert len(by_user) == events["user_id"].nunique() < len(by_session)
+    assert sum(map(len, by_user)) == sum(map(len, by_session)) == len(events)
+    cfg = GRU4RecConfig.from_dict({**TINY.to_dict(), "sequences": "users", "epochs": 1})
+    _, history = fit_gru4rec(events, cfg, verbose=0)
+    # a user's sequence has one step fewer than its sessions had together: the joins train
+    assert history["train_steps"] == len(events) - len(by_user)

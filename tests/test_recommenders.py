@@ -55,6 +55,19 @@ def test_contract(night, model):
     assert (served["movie_id"].nunique() == 10).all()
 
 
+def test_gru4rec_serving_choice_is_recorded_with_the_run(night):
+    """The history length chosen on validation is stored with the run (data_stats and
+    the bundle's serving.json) and is what serving reads."""
+    settings, engine, plan, _, trained = night
+    run = runs.get(engine, trained["gru4rec"])
+    serving = run.data_stats["serving"]
+    stored = json.loads((_run_folder(settings, engine, run.run_id) / "serving.json").read_text())
+    assert stored == serving and serving["mode"] == run.config["serving"] == "history"
+    assert serving["history_length"] in run.config["history_lengths"] == serving["candidates"]
+    loaded = LoadedRun(Store(engine, settings), run)
+    assert loaded.model[2] == serving
+
+
 def _tamper(path):
     with open(path, "ab") as fh:
         fh.write(b"\0")
@@ -69,6 +82,7 @@ def _run_folder(settings, engine, run_id):
     ("gru4rec", "gru4rec.keras"),
     ("gru4rec", "item_index.json"),
     ("gru4rec", "gru4rec_config.json"),
+    ("gru4rec", "serving.json"),
     ("popularity", "popularity.json"),
     ("popularity", "MANIFEST.json"),
 ])

@@ -1,8 +1,12 @@
 """GRU4Rec (session-based next-item recommendation) in Keras 3.
 
 Model: item index -> embedding -> dropout -> GRU -> dropout -> logits over every
-training item; softmax cross-entropy over the full catalogue (about 3.1k items on
-MovieLens-1M sessions, so the full softmax is affordable).
+training item. Losses (`loss`): softmax cross-entropy over the full catalogue (about
+3.1k items on MovieLens-1M sessions, so the full softmax is affordable), or, for large
+catalogues, the official sampled losses: sampled softmax (with logQ correction) and
+BPR-max (with score regularisation), whose candidates are the mini-batch's own targets
+plus `n_sample` extra items drawn by popularity**sample_alpha, shared by the batch.
+Sequences (`sequences`): each session, or each user's sessions end to end.
 
 Batching: *session-parallel lanes, several steps per update* (truncated BPTT).
 Training sessions (shuffled each epoch with a fixed seed) are laid end to end in
@@ -27,7 +31,7 @@ recurrence; the recurrent cell only does the hidden-to-hidden product. Everythin
 `keras.ops` / Keras layers (no backend-specific code).
 
     config.py   GRU4RecConfig, SEED002_CONFIG, DEFAULT_CONFIG (and how it was chosen)
-    layers.py   ResettableGRUCell, TiedItemScores
+    layers.py   ResettableGRUCell, TiedItemScores, SampledItemLoss
     network.py  ItemIndex, the training/inference networks, GRU4RecBundle (save/load)
     data.py     session_sequences, pack_lanes
     fit.py      fit_gru4rec (validation injected by the caller)
@@ -43,6 +47,7 @@ _EXPORTS = {
     "session_sequences": "data",
     "fit_gru4rec": "fit",
     "ResettableGRUCell": "layers",
+    "SampledItemLoss": "layers",
     "TiedItemScores": "layers",
     "CONFIG_FILE": "network",
     "INDEX_FILE": "network",

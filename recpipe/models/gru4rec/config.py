@@ -5,6 +5,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Mapping
 
 
+LOSSES = ("cross_entropy", "sampled_softmax", "bpr_max")
+SEQUENCES = ("sessions", "users")
+
+
 @dataclass
 class GRU4RecConfig:
     hidden: int = 64  # GRU units
@@ -21,8 +25,27 @@ class GRU4RecConfig:
     monitor: str = "val_recall@20"  # or "val_loss"
     tied: bool = False  # one item matrix for input embedding and output scores (needs embedding_dim == hidden)
     seed: int = 42
-    loss: str = "cross-entropy"  # full softmax over all training items
+    # cross_entropy: full softmax over every item. sampled_softmax / bpr_max: scores only the
+    # mini-batch's own targets plus n_sample extra items drawn by popularity**sample_alpha,
+    # shared by the whole mini-batch (what a 60k-item catalogue needs).
+    loss: str = "cross_entropy"
+    n_sample: int = 2048  # extra negatives per mini-batch (sampled losses)
+    sample_alpha: float = 0.75  # 0: uniform extra negatives, 1: by popularity
+    logq: float = 1.0  # sampled_softmax: weight of the log sampling-probability correction
+    bpreg: float = 1.0  # bpr_max: weight of the negatives' score regularisation
+    elu_param: float = 0.5  # bpr_max: ELU on the scores before the loss (0: linear); monotone
+    sequences: str = "sessions"  # train on each session, or on each user's sessions end to end ("users")
     jit_compile: bool = False  # XLA on CPU was slower than TF's oneDNN kernels here
+
+    def __post_init__(self):
+        if self.loss == "cross-entropy":  # the spelling of runs stored before the sampled losses
+            self.loss = "cross_entropy"
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {list(LOSSES)}")
+        if self.sequences not in SEQUENCES:
+            raise ValueError(f"unknown sequences {self.sequences!r}; known: {list(SEQUENCES)}")
+        if self.n_sample < 0 or not 0.0 <= self.sample_alpha <= 1.0 or self.logq < 0 or self.bpreg < 0:
+            raise ValueError("n_sample, logq and bpreg must be >= 0 and sample_alpha in [0, 1]")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -13,17 +13,18 @@ if TYPE_CHECKING:
     from recpipe.models.gru4rec.network import ItemIndex
 
 
-def _ordered_sessions(events: pd.DataFrame) -> pd.DataFrame:
-    keys = [c for c in ("session_id", "ts", "line_no") if c in events.columns]
+def _ordered_sessions(events: pd.DataFrame, key: str = "session_id") -> pd.DataFrame:
+    keys = [c for c in (key, "ts", "line_no") if c in events.columns]
     return events.sort_values(keys, kind="mergesort")
 
 
-def session_sequences(events: pd.DataFrame, index: ItemIndex) -> list[np.ndarray]:
+def session_sequences(events: pd.DataFrame, index: ItemIndex, key: str = "session_id") -> list[np.ndarray]:
     """Item-index sequence of every session (time order; items unknown to `index`
-    dropped), in session_id order."""
-    ev = _ordered_sessions(events)
+    dropped), in `key` order. key="user_id": one sequence per user, the user's
+    sessions end to end in time order."""
+    ev = _ordered_sessions(events, key)
     idx = index.encode(ev["movie_id"].to_numpy())
-    sid = ev["session_id"].to_numpy()
+    sid = ev[key].to_numpy()
     keep = idx >= 0
     idx, sid = idx[keep], sid[keep]
     if len(sid) == 0:

@@ -20,6 +20,12 @@ from recpipe.models.gru4rec.data import pack_lanes, session_sequences
 from recpipe.models.gru4rec.network import GRU4RecBundle, ItemIndex, _build_networks
 
 Validator = Callable[[GRU4RecBundle], dict]
+SEQUENCE_KEYS = {"sessions": "session_id", "users": "user_id"}
+
+
+def _position_loss(y_true, y_pred):
+    """Sampled losses: the network already returns each position's loss."""
+    return y_pred
 
 
 def _plot_history(history: dict, path: Path) -> None:
@@ -34,7 +40,7 @@ def _plot_history(history: dict, path: Path) -> None:
     if "val_loss" in history:
         ax1.plot(ep, history["val_loss"], "s-", label="val loss")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy")
+    ax1.set_ylabel("training loss")
     ax2 = ax1.twinx()
     for key, style in (("val_recall@20", "g^--"), ("val_mrr@20", "mv--")):
         if key in history:
@@ -62,12 +68,14 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     lists and train_seconds, train_steps, events_per_s, epochs_run, best_epoch."""
     cfg = config or DEFAULT_CONFIG
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.loss != "cross-entropy":
-        raise ValueError(f"unsupported loss {cfg.loss!r}")
     index = index or ItemIndex.from_events(train_events)
-    seqs = session_sequences(train_events, index)
+    seqs = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences])
     n_steps = int(sum(len(s) - 1 for s in seqs if len(s) >= 2))
     train_model, infer_model = _build_networks(len(index), cfg)
+    sampled = cfg.loss != "cross_entropy"
+    if sampled:  # negatives are drawn by training popularity
+        counts = np.bincount(np.concatenate(seqs), minlength=len(index)) if seqs else np.zeros(len(index))
+        train_model.get_layer("sampled_loss").set_popularity(counts)
     lr = cfg.learning_rate
     if cfg.lr_schedule == "cosine":  # updates per epoch ~ steps / (lanes * bptt)
         total_updates = max(1, cfg.epochs * math.ceil(n_steps / (cfg.batch_size * cfg.bptt)))
@@ -80,7 +88,7 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         # in every update; the nearly empty windows at the ragged end of the lanes then
         # make small updates (a per-window mean there gave full Adam steps on a handful of
         # events and visibly damaged the model at the end of some epochs).
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=_position_loss if sampled else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=cfg.jit_compile,
     )
     bundle = GRU4RecBundle(infer_model, index, cfg)
@@ -95,8 +103,10 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         items, reset, targets, weights = pack_lanes(seqs, cfg.batch_size, cfg.bptt, rng)
         rnn_t.reset_state()
         t0 = time.perf_counter()
+        x, y = ([items, reset, targets, weights], np.zeros(targets.shape, np.float32)) if sampled \
+            else ([items, reset], targets)
         h = train_model.fit(
-            [items, reset], targets, sample_weight=weights, batch_size=cfg.batch_size,
+            x, y, sample_weight=weights, batch_size=cfg.batch_size,
             # A progress bar at verbose=1; at 2 the line printed below is the epoch's log.
             epochs=epoch + 1, initial_epoch=epoch, shuffle=False, verbose=1 if verbose == 1 else 0,
         )

@@ -12,7 +12,7 @@ import pandas as pd
 from keras import layers, ops
 
 from recpipe.models.gru4rec.config import GRU4RecConfig
-from recpipe.models.gru4rec.layers import ResettableGRUCell, TiedItemScores
+from recpipe.models.gru4rec.layers import ResettableGRUCell, SampledItemLoss, TiedItemScores
 
 MODEL_FILE = "gru4rec.keras"
 INDEX_FILE = "item_index.json"
@@ -57,7 +57,9 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
     """(train_model, infer_model), sharing all weights.
 
     Both take [items (int32 [B, T]), reset (float32 [B, T])] and return logits
-    [B, T, n_items]. The training model is stateful with a fixed batch of lanes."""
+    [B, T, n_items] (cross_entropy); with a sampled loss the training model also takes
+    targets and weights and returns the loss per position [B, T]. The training model is
+    stateful with a fixed batch of lanes."""
     if cfg.tied:
         if cfg.embedding_dim != cfg.hidden:
             raise ValueError("tied=True needs embedding_dim == hidden")
@@ -79,8 +81,25 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
     items = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="int32", name="items")
     reset = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="float32", name="reset")
     rnn_t = layers.RNN(cell, return_sequences=True, stateful=True, name="gru_train")
-    _, logits = body(items, reset, rnn_t)
-    train_model = keras.Model([items, reset], logits, name="gru4rec_train")
+    if cfg.loss == "cross_entropy":
+        _, logits = body(items, reset, rnn_t)
+        train_model = keras.Model([items, reset], logits, name="gru4rec_train")
+    else:
+        # Sampled losses: the network returns each position's loss; the [N, items] logits
+        # are never formed (inputs: items, reset, targets, weights).
+        targets = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="int32", name="targets")
+        weights = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="float32", name="weights")
+        x = proj(drop_e(emb(items)))
+        h = drop_h(rnn_t(layers.Concatenate(axis=-1)([x, ops.expand_dims(reset, -1)])))
+        if not cfg.tied:
+            out.build((None, cfg.hidden))
+        sampled = SampledItemLoss(n_items, cfg.loss, cfg.n_sample, cfg.sample_alpha, logq=cfg.logq,
+                                  bpreg=cfg.bpreg, elu_param=cfg.elu_param, seed=cfg.seed + 2, name="sampled_loss")
+        sampled.scores_layer = out
+        n = cfg.batch_size * cfg.bptt
+        loss = sampled(ops.reshape(h, (n, cfg.hidden)), ops.reshape(targets, (n,)), ops.reshape(weights, (n,)))
+        train_model = keras.Model([items, reset, targets, weights], ops.reshape(loss, (cfg.batch_size, cfg.bptt)),
+                                  name="gru4rec_train")
 
     items_i = keras.Input(shape=(None,), dtype="int32", name="items")
     reset_i = keras.Input(shape=(None,), dtype="float32", name="reset")
