@@ -488,7 +488,9 @@ def test_no_airflow_output_or_task_log_holds_the_database_password(password_role
         port = s.getsockname()[1]
     home = AirflowHome.create(tmp_path / "airflow", recpipe_env={
         "RECPIPE_DATABASE_URL": password_role, "RECPIPE_SOURCE_DIR": str(source_dir),
-        "RECPIPE_HOME": str(tmp_path / "home"), "RECPIPE_TASK_RETRIES": "0"}, extra={
+        "RECPIPE_HOME": str(tmp_path / "home"), "RECPIPE_TASK_RETRIES": "0",
+        # one Asset for both runs, although the failing one names another database
+        "RECPIPE_RATINGS_ASSET_URI": "postgres://127.0.0.1:5432/recpipe_reliability/public/ratings"}, extra={
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"})
@@ -520,7 +522,7 @@ def test_no_airflow_output_or_task_log_holds_the_database_password(password_role
     assert len(task_logs) == 1 and "reconciled" in task_logs[0].read_text(), task_logs
     # the failure's own text, and the failure callback's, reached the output
     assert "recpipe_no_such_db" in failed.stdout + failed.stderr
-    assert "on_failure_callback could not record" in failed.stdout + failed.stderr
+    assert "the recpipe database is unreachable" in failed.stdout + failed.stderr  # the callback's fallback
     files = sorted(p for p in home.root.rglob("*") if p.is_file() and p.suffix in (".log", ".json", ".txt"))
     captured = {"output of the two runs": ok.stdout + ok.stderr + failed.stdout + failed.stderr,
                 **{str(p.relative_to(home.root)): p.read_text(errors="replace") for p in files}}
