@@ -240,10 +240,24 @@ def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
     text = (f"production protocol: train before {cutoff:%Y-%m-%d}, test positives of"
             f" [{cutoff:%Y-%m-%d}, {plan.night:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
     payload = {"protocol": "production", "cutoff": cutoff, "until": plan.night, "runs": trained,
+               "epochs": args.epochs, "fits": _fit_facts(settings, trained),
                "metrics": {model: metrics for model, metrics in rows}}
     _write_out(args.out, payload)
     _print(payload, args.json, text)
     return 0
+
+
+def _fit_facts(settings: Settings, trained: dict[str, int]) -> dict:
+    """What each run chose on its validation data and how long it took (from the registry)."""
+    from recpipe import runs
+
+    facts = {}
+    for model, run_id in trained.items():
+        run = runs.get(_engine(settings), run_id)
+        training = (run.metrics or {}).get("training") or {}
+        facts[model] = {"seconds": training.get("seconds"), "epochs_run": training.get("epochs_run"),
+                        **{k: run.data_stats[k] for k in ("chosen", "n", "choice_log") if k in run.data_stats}}
+    return facts
 
 
 def _write_out(path, payload) -> None:
