@@ -1,7 +1,8 @@
 """recpipe_nightly: plan the night, rebuild features, train every registered model,
 evaluate, gate, publish, notify.
 
-    plan >> check_data >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model)
+    plan >> check_data >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model;
+         a model that needs others, e.g. twostage, also after their train_/refit_ tasks)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
          >> prepare_publication >> score_shard (mapped: one per user shard) >> publish
          >> [learned_lists_shipped, notify]
@@ -138,12 +139,12 @@ def recpipe_nightly():
         return pipeline.rebuild_sessions(settings(), NightPlan.from_dict(night))
 
     @task(execution_timeout=timedelta(hours=6))
-    def train(night: dict, model: str, encodings: dict, sessions: dict) -> dict:
+    def train(night: dict, model: str, encodings: dict, sessions: dict, components: list) -> dict:
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
         return pipeline.train_model(settings(), NightPlan.from_dict(night), model,
-                                    pipeline.night_inputs(encodings, sessions), fresh_process=True)
+                                    pipeline.night_inputs(encodings, sessions, components), fresh_process=True)
 
     @task
     def evaluate(night: dict, trained: list[dict]) -> dict:
@@ -176,12 +177,12 @@ def recpipe_nightly():
         return pipeline.rebuild_refit_inputs(settings(), NightPlan.from_dict(night))
 
     @task(execution_timeout=timedelta(hours=6))
-    def refit(night: dict, model: str, trained: dict, refit_inputs: dict) -> dict | None:
+    def refit(night: dict, model: str, trained: dict, refit_inputs: dict, components: list) -> dict | None:
         from recpipe import pipeline
         from recpipe.plan import NightPlan
 
         return pipeline.refit_model(settings(), NightPlan.from_dict(night), trained["run_id"], refit_inputs,
-                                    fresh_process=True)
+                                    fresh_process=True, components=components)
 
     @task
     def check_refits(night: dict, refits: list) -> dict:
@@ -273,12 +274,17 @@ def recpipe_nightly():
     def queue(spec) -> dict:
         return {"queue": SETTINGS.gpu_queue} if spec.accelerated else {}
 
-    trained = {spec.name: train.override(task_id=f"train_{spec.name}", **queue(spec))(
-        night, spec.name, encodings, sessions) for spec in registry.MODELS.values()}
+    # A model that needs others' runs (ModelSpec.needs) trains, and refits, after theirs.
+    trained, refitted = {}, {}
+    for spec in map(registry.spec, registry.training_order()):
+        trained[spec.name] = train.override(task_id=f"train_{spec.name}", **queue(spec))(
+            night, spec.name, encodings, sessions, [trained[m] for m in spec.needs])
     decision = gate(night, evaluate(night, list(trained.values())))
     refit_inputs = rebuild_refit_inputs(night, decision)
-    refits = [refit.override(task_id=f"refit_{spec.name}", **queue(spec))(
-        night, spec.name, trained[spec.name], refit_inputs) for spec in registry.MODELS.values()]
+    for spec in map(registry.spec, registry.training_order()):
+        refitted[spec.name] = refit.override(task_id=f"refit_{spec.name}", **queue(spec))(
+            night, spec.name, trained[spec.name], refit_inputs, [refitted[m] for m in spec.needs])
+    refits = list(refitted.values())
     jobs = prepare_publication(night, decision, check_refits(night, refits))
     # One mapped task per user shard (the plan's scoring_shards), then one atomic switch.
     published = publish(night, jobs, score_shard.partial(night=night).expand(job=jobs))

@@ -138,7 +138,7 @@ def default_as_of(settings: Settings) -> datetime:
 
 def cmd_train(args, settings: Settings) -> int:
     """Train one model for a night; without input ids, the night's rebuilds run first."""
-    from recpipe import pipeline
+    from recpipe import pipeline, registry
     from recpipe.plan import NightInputs
 
     plan = _plan(args, settings, models=_models_with_baseline([args.model]), epochs=args.epochs,
@@ -148,16 +148,27 @@ def cmd_train(args, settings: Settings) -> int:
         encodings = pipeline.rebuild_encodings(settings, plan)["encodings_id"]
     if sessions is None:
         sessions = pipeline.rebuild_sessions(settings, plan)["sessions_build_id"]
-    result = pipeline.train_model(settings, plan, args.model, NightInputs(encodings, sessions))
+    inputs = NightInputs(encodings, sessions)
+    needs = registry.spec(args.model).needs
+    if needs:  # built from the night's stored runs of the models it needs
+        from recpipe import runs
+
+        stored = {r.model: r.run_id for r in runs.of_night(_engine(settings), plan.night)}
+        missing = [m for m in needs if m not in stored]
+        if missing:
+            raise SystemExit(f"{args.model} needs the night's {', '.join(missing)} run(s): train them first")
+        inputs = inputs.with_components({m: stored[m] for m in needs})
+    result = pipeline.train_model(settings, plan, args.model, inputs)
     _print(result, args.json, f"{args.model} run {result['run_id']} for the night {args.as_of:%Y-%m-%d}"
            f" (encodings {encodings}, sessions {sessions}): {result['training']}")
     return 0
 
 
 def _models_with_baseline(models: list[str]) -> tuple[str, ...]:
+    """The baselines, `models`, and the models they need (e.g. twostage's components)."""
     from recpipe import registry
 
-    return tuple(dict.fromkeys([*registry.baseline_names(), *models]))
+    return tuple(dict.fromkeys([*registry.baseline_names(), *registry.training_order(registry.with_needs(models))]))
 
 
 def _metrics_table(rows: list[tuple[str, dict]], keys: list[str]) -> str:
@@ -213,7 +224,7 @@ def cmd_evaluate(args, settings: Settings) -> int:
 
 def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
     """The production protocol as a night: T = cutoff + window, eval window = window."""
-    from recpipe import pipeline
+    from recpipe import pipeline, registry
     from recpipe.evaluation.production import DEFAULT_CUTOFF, DEFAULT_WINDOW
 
     cutoff = args.cutoff or DEFAULT_CUTOFF
@@ -226,17 +237,34 @@ def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
     plan = pipeline.make_plan(settings, cutoff + window, eval_window=window, models=_models_with_baseline(models),
                               epochs=args.epochs, dry_run=True, model_overrides=overrides)
     inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan), pipeline.rebuild_sessions(settings, plan))
-    trained = {m: pipeline.train_model(settings, plan, m, inputs)["run_id"] for m in plan.models}
+    trained: dict[str, int] = {}
+    for m in registry.training_order(plan.models):  # a model after the models it needs
+        needs = {c: trained[c] for c in registry.spec(m).needs}
+        trained[m] = pipeline.train_model(settings, plan, m, inputs.with_components(needs))["run_id"]
     evaluated = pipeline.evaluate(settings, plan, list(trained.values()))
     rows = [(model, evaluated["metrics"][str(run_id)]) for model, run_id in trained.items()]
     keys = ["users", "recall_at_10", "ndcg_at_10", "hit_rate_at_10", "coverage_at_10", "auc", "log_loss"]
     text = (f"production protocol: train before {cutoff:%Y-%m-%d}, test positives of"
             f" [{cutoff:%Y-%m-%d}, {plan.night:%Y-%m-%d}) of users with history\n" + _metrics_table(rows, keys))
     payload = {"protocol": "production", "cutoff": cutoff, "until": plan.night, "runs": trained,
+               "epochs": args.epochs, "fits": _fit_facts(settings, trained),
                "metrics": {model: metrics for model, metrics in rows}}
     _write_out(args.out, payload)
     _print(payload, args.json, text)
     return 0
+
+
+def _fit_facts(settings: Settings, trained: dict[str, int]) -> dict:
+    """What each run chose on its validation data and how long it took (from the registry)."""
+    from recpipe import runs
+
+    facts = {}
+    for model, run_id in trained.items():
+        run = runs.get(_engine(settings), run_id)
+        training = (run.metrics or {}).get("training") or {}
+        facts[model] = {"seconds": training.get("seconds"), "epochs_run": training.get("epochs_run"),
+                        **{k: run.data_stats[k] for k in ("chosen", "n", "choice_log") if k in run.data_stats}}
+    return facts
 
 
 def _write_out(path, payload) -> None:

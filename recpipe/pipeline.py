@@ -86,9 +86,13 @@ def rebuild_sessions(settings: Settings, plan: NightPlan, phase: str = "gated") 
     return {"sessions_build_id": built["build_id"], "fitted_before": built["as_of"], "stats": built["stats"]}
 
 
-def night_inputs(encodings: dict | None, sessions: dict | None) -> NightInputs:
+def night_inputs(encodings: dict | None, sessions: dict | None, components: list[dict | None] | None = None
+                 ) -> NightInputs:
+    """The training inputs; `components`: the train (or refit) results of the models a
+    model needs (registry ModelSpec.needs), whose run ids it is built from."""
     return NightInputs(encodings_id=(encodings or {}).get("encodings_id"),
-                       sessions_build_id=(sessions or {}).get("sessions_build_id"))
+                       sessions_build_id=(sessions or {}).get("sessions_build_id"),
+                       component_runs={c["model"]: int(c["run_id"]) for c in components or [] if c})
 
 
 def train_model(settings: Settings, plan: NightPlan, model: str, inputs: NightInputs,
@@ -187,10 +191,12 @@ def rebuild_refit_inputs(settings: Settings, plan: NightPlan) -> dict:
 
 
 def refit_model(settings: Settings, plan: NightPlan, gated_run_id: int, refit_inputs: dict,
-                fresh_process: bool = False) -> dict | None:
+                fresh_process: bool = False, components: list[dict | None] | None = None) -> dict | None:
     """Refit a promoted gated run's configuration on every rating before the night.
 
     None when the night ships gated runs, the gated run was rejected, or it is a dry run.
+    `components`: the refit results of the models it needs; a component without a refit
+    tonight (rejected by the gate: None) is used as its gated run.
     """
     from recpipe import runs
 
@@ -198,6 +204,10 @@ def refit_model(settings: Settings, plan: NightPlan, gated_run_id: int, refit_in
     if not plan.refits or plan.dry_run or gated.status != runs.PROMOTED:
         return None
     inputs = night_inputs(refit_inputs.get("encodings"), refit_inputs.get("sessions"))
+    if registry.spec(gated.model).needs:
+        used = dict((gated.plan.get("inputs") or {}).get("component_runs") or {})
+        used.update({c["model"]: int(c["run_id"]) for c in components or [] if c})
+        inputs = inputs.with_components(used)
     return train_model(settings, plan, gated.model, inputs, fresh_process, phase="refit", gated_run_id=gated_run_id)
 
 
@@ -405,9 +415,13 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
     sessions = timed("rebuild_sessions", rebuild_sessions, settings, plan)
     inputs = night_inputs(encodings, sessions)
     run_ids: list[int] = []
+    trained_by_model: dict[str, dict] = {}
     try:
-        for model in plan.models:
-            trained = timed(f"train_{model}", train_model, settings, plan, model, inputs, fresh_process)
+        for model in registry.training_order(plan.models):  # a model after those it needs
+            needs = [trained_by_model[m] for m in registry.spec(model).needs]
+            trained = timed(f"train_{model}", train_model, settings, plan, model,
+                            night_inputs(encodings, sessions, needs) if needs else inputs, fresh_process)
+            trained_by_model[model] = trained
             run_ids.append(trained["run_id"])
         evaluated = timed("evaluate", evaluate, settings, plan, run_ids)
         decided = timed("gate", gate, settings, plan, run_ids)
@@ -421,9 +435,12 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
     refit_ids: list[int] = []
     try:
         refit_inputs = timed("rebuild_refit_inputs", rebuild_refit_inputs, settings, plan)
-        for run_id in run_ids:
+        refit_by_model: dict[str, dict | None] = {}
+        for model, run_id in zip(trained_by_model, run_ids):
             with stage(f"refit of run {run_id}"):
-                refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process)
+                refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process,
+                                    [refit_by_model.get(m) for m in registry.spec(model).needs])
+            refit_by_model[model] = refit
             if refit is not None:
                 timings[f"refit_{refit['model']}"] = refit["seconds"]
                 refit_ids.append(refit["run_id"])

@@ -127,6 +127,7 @@ class NightPlan:
         try:
             for name in self.models:
                 registry.spec(name)
+            registry.training_order(self.models)  # every needed model is trained tonight too
             for name in self.model_overrides:
                 if name not in self.models:
                     raise ValueError(f"overrides for {name!r}, which is not trained tonight ({', '.join(self.models)})")
@@ -190,11 +191,18 @@ class NightInputs:
 
     encodings_id: int | None = None
     sessions_build_id: int | None = None
+    # model -> run id of the same night and phase, for a model that needs others (ModelSpec.needs)
+    component_runs: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"encodings_id": self.encodings_id, "sessions_build_id": self.sessions_build_id,
+                "component_runs": {k: int(v) for k, v in self.component_runs.items()}}
+
+    def with_components(self, component_runs: Mapping[str, int]) -> "NightInputs":
+        return replace(self, component_runs={k: int(v) for k, v in component_runs.items()})
 
     @classmethod
     def from_dict(cls, data: Mapping | None) -> "NightInputs":
         data = data or {}
-        return cls(encodings_id=data.get("encodings_id"), sessions_build_id=data.get("sessions_build_id"))
+        return cls(encodings_id=data.get("encodings_id"), sessions_build_id=data.get("sessions_build_id"),
+                   component_runs={k: int(v) for k, v in (data.get("component_runs") or {}).items()})

@@ -18,6 +18,9 @@ class ModelSpec:
     accelerated: bool = False
     # A baseline: always published (the safety net); learned models must beat it.
     baseline: bool = False
+    # Models whose runs of the same night and phase this one is built from (trained
+    # after them; the pipeline hands their run ids over in NightInputs.component_runs).
+    needs: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
@@ -26,6 +29,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("itemknn", "recpipe.recommenders.itemknn", baseline=True),
     ModelSpec("autoint", "recpipe.recommenders.autoint", accelerated=True),
     ModelSpec("gru4rec", "recpipe.recommenders.gru4rec", accelerated=True),
+    ModelSpec("twostage", "recpipe.recommenders.twostage", needs=("autoint", "gru4rec", "ease", "popularity")),
 )}
 
 
@@ -47,3 +51,41 @@ def recommender(name: str):
 
 def baseline_names() -> tuple[str, ...]:
     return tuple(n for n, s in MODELS.items() if s.baseline)
+
+
+def with_needs(models) -> tuple[str, ...]:
+    """`models` plus every model they need, transitively (registry order)."""
+    wanted: set[str] = set()
+    stack = list(models)
+    while stack:
+        name = stack.pop()
+        if name not in wanted:
+            wanted.add(name)
+            stack.extend(spec(name).needs)
+    return tuple(n for n in MODELS if n in wanted)
+
+
+def training_order(models=None) -> tuple[str, ...]:
+    """`models` (default: all) ordered so each comes after the models it needs; a
+    needed model missing from `models`, or a cycle, is a ValueError."""
+    models = tuple(MODELS) if models is None else tuple(models)
+    chosen = set(models)
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"models need each other in a cycle: {' -> '.join((*path, name))}")
+        state[name] = "visiting"
+        for needed in spec(name).needs:
+            if needed not in chosen:
+                raise ValueError(f"{name} needs the night's {needed} run: train {needed} too")
+            visit(needed, (*path, name))
+        state[name] = "done"
+        order.append(name)
+
+    for name in models:
+        visit(name, ())
+    return tuple(order)

@@ -21,7 +21,9 @@ from airflow_harness import DAGS_FOLDER, REPO_ROOT, AirflowHome
 
 HEAVY_MODULES = ("tensorflow", "keras", "pandas", "sklearn", "torch", "recpipe.pipeline", "recpipe.db",
                  "recpipe.ingest", "recpipe.models", "recpipe.alerts", "psycopg2")
-MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec")  # the registry's, in order
+MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec", "twostage")  # the registry's, in order
+# twostage is built from these models' runs of the night: it trains (and refits) after them.
+NEEDS = {"twostage": ("autoint", "gru4rec", "ease", "popularity")}
 NIGHTLY_TASKS = {"plan", "check_data", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
                  "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
                  "prepare_publication", "score_shard", "publish", "learned_lists_shipped", "notify"}
@@ -138,12 +140,14 @@ def test_nightly_dag_shape(dag_info):
     assert tasks["rebuild_encodings"]["upstream"] == ["check_data", "plan"]
     assert tasks["rebuild_sessions"]["upstream"] == ["check_data", "plan"]
     for model in MODELS:
-        assert tasks[f"train_{model}"]["upstream"] == ["plan", "rebuild_encodings", "rebuild_sessions"]
+        assert tasks[f"train_{model}"]["upstream"] == sorted(
+            ["plan", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in NEEDS.get(model, ()))])
     assert tasks["evaluate"]["upstream"] == sorted(["plan", *(f"train_{m}" for m in MODELS)])
     assert tasks["gate"]["upstream"] == ["evaluate", "plan"]
     assert tasks["rebuild_refit_inputs"]["upstream"] == ["gate", "plan"]
     for model in MODELS:
-        assert tasks[f"refit_{model}"]["upstream"] == ["plan", "rebuild_refit_inputs", f"train_{model}"]
+        assert tasks[f"refit_{model}"]["upstream"] == sorted(
+            ["plan", "rebuild_refit_inputs", f"train_{model}", *(f"refit_{m}" for m in NEEDS.get(model, ()))])
     assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
     assert tasks["prepare_publication"]["upstream"] == ["check_refits", "gate", "plan"]
     assert tasks["score_shard"]["upstream"] == ["plan", "prepare_publication"]
@@ -518,7 +522,8 @@ def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings
     # the gate opened wide through the trigger params (which is part of what is tested).
     lenient = {"must_beat_baseline": False, "min_test_users": 1, "floors": {
         "autoint": {"auc": 0.0, "ndcg_at_10": 0.0, "recall_at_10": 0.0},
-        "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
+        "gru4rec": {"ndcg_at_10": 0.0, "recall_at_10": 0.0},
+        "twostage": {"ndcg_at_10": 0.0, "recall_at_10": 0.0}}}
     proc = _nightly(airflow_home, settings, {"epochs": 1, "gate_overrides": lenient})
     print(f"airflow dags test recpipe_nightly: {proc.elapsed:.1f}s")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
@@ -526,11 +531,11 @@ def test_nightly_dags_test_promotes_and_publishes(airflow_home, engine, settings
         runs = conn.execute(sa.text("SELECT model, status, as_of FROM model_runs ORDER BY run_id")).all()
         published = dict(conn.execute(sa.text("SELECT model, run_id FROM published_runs")).all())
         lists = conn.execute(sa.text("SELECT count(DISTINCT user_id) FROM recommendations_current")).scalar_one()
-    trained = {r.model: r for r in runs if r.model in ("autoint", "gru4rec")}
-    assert set(trained) == {"autoint", "gru4rec"}
+    trained = {r.model: r for r in runs if r.model in ("autoint", "gru4rec", "twostage")}
+    assert set(trained) == {"autoint", "gru4rec", "twostage"}
     assert all(r.status == "promoted" for r in trained.values()), runs
     assert trained["autoint"].as_of.isoformat().startswith("2000-12-01T00:00:00")
-    assert {"autoint", "gru4rec"} <= set(published)
+    assert {"autoint", "gru4rec", "twostage"} <= set(published)
     assert lists > 0
 
 
@@ -544,7 +549,7 @@ def test_nightly_forced_regression_alerts_and_publishes_nothing(airflow_home, en
 
     smtp, slack = channels
     pipeline.ingest_interval(settings, None, None)
-    impossible = {"floors": {"autoint": {"ndcg_at_10": 2.0}, "gru4rec": {"ndcg_at_10": 2.0}}}
+    impossible = {"floors": {m: {"ndcg_at_10": 2.0} for m in ("autoint", "gru4rec", "twostage")}}
     env = {**_recpipe_env(settings), **{k: os.environ[k] for k in (
         "AIRFLOW_CONN_SMTP_DEFAULT", "AIRFLOW_CONN_SLACK_WEBHOOK_DEFAULT", "RECPIPE_ALERT_EMAIL")}}
     proc = airflow_home.airflow("dags", "test", "recpipe_nightly", NIGHTLY_DATE, "--conf",

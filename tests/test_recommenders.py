@@ -31,7 +31,10 @@ def night(ingested):
                               model_overrides={m: SMALL.get(m, {}) for m in registry.names()})
     inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan),
                                    pipeline.rebuild_sessions(settings, plan))
-    trained = {m: pipeline.train_model(settings, plan, m, inputs)["run_id"] for m in plan.models}
+    trained: dict[str, int] = {}
+    for m in registry.training_order(plan.models):  # twostage after the runs it is built from
+        needs = {c: trained[c] for c in registry.spec(m).needs}
+        trained[m] = pipeline.train_model(settings, plan, m, inputs.with_components(needs))["run_id"]
     return settings, migrated_engine, plan, inputs, trained
 
 
@@ -85,6 +88,7 @@ def _run_folder(settings, engine, run_id):
     ("gru4rec", "serving.json"),
     ("popularity", "popularity.json"),
     ("popularity", "MANIFEST.json"),
+    ("twostage", "twostage.json"),
 ])
 def test_a_tampered_file_of_each_kind_is_refused(night, model, file):
     settings, engine, _, _, trained = night

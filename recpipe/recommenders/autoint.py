@@ -146,6 +146,42 @@ def _field_codes(encoders, partial: pd.DataFrame, owned: list[str]) -> np.ndarra
     return codes
 
 
+def _side_codes(encoders, users_frame: pd.DataFrame, movies_frame: pd.DataFrame, as_of):
+    """(user_ids, user codes, movie_ids in id order, movie + context codes as of `as_of`):
+    a pair's codes are the sum of its user's row and its movie's row."""
+    movies_frame = movies_frame.drop_duplicates("movie_id").sort_values("movie_id", kind="stable")
+    users_frame = users_frame.drop_duplicates("user_id")
+    mf = movie_fields(movies_frame).reset_index(drop=True)
+    mf["movie_id"] = mf["movie_id"].astype(str).astype(object)
+    tf_ = time_fields(pd.Series([pd.Timestamp(as_of)] * len(mf), index=mf.index))
+    mf = pd.concat([mf, tf_], axis=1)
+    movie_codes = _field_codes(encoders, mf, ITEM_FIELDS + CONTEXT_FIELDS)
+    uf = user_fields(users_frame).reset_index(drop=True)
+    uf["user_id"] = uf["user_id"].astype(str).astype(object)
+    user_codes = _field_codes(encoders, uf, USER_FIELDS)
+    return (users_frame["user_id"].to_numpy(np.int64), user_codes, movies_frame["movie_id"].to_numpy(np.int64),
+            movie_codes)
+
+
+def score_pairs(model, encoders, users_frame: pd.DataFrame, movies_frame: pd.DataFrame, pairs: pd.DataFrame,
+                as_of, batch_size: int = 65536, chunk: int = 1 << 18) -> np.ndarray:
+    """AutoInt+'s probability for each (user_id, movie_id) row of `pairs` as of `as_of`,
+    the same fields and codes as score_catalogue but only for the given pairs (a second
+    stage scores users x candidates, not the catalogue). NaN where the user or the movie
+    is not in the frames."""
+    from recpipe.models.autoint.fit import predict_proba
+
+    user_ids, user_codes, movie_ids, movie_codes = _side_codes(encoders, users_frame, movies_frame, as_of)
+    u = pd.Index(user_ids).get_indexer(pairs["user_id"].to_numpy(np.int64))
+    m = pd.Index(movie_ids).get_indexer(pairs["movie_id"].to_numpy(np.int64))
+    known = np.flatnonzero((u >= 0) & (m >= 0))
+    scores = np.full(len(pairs), np.nan, dtype=np.float32)
+    for start in range(0, len(known), chunk):  # bounded memory: chunk x 14 codes at a time
+        rows = known[start:start + chunk]
+        scores[rows] = predict_proba(model, user_codes[u[rows]] + movie_codes[m[rows]], batch_size=batch_size)
+    return scores
+
+
 def score_catalogue(
     model,
     encoders,
@@ -168,19 +204,7 @@ def score_catalogue(
     (memory ~ chunk_users x n_movies x 14 x 4 bytes). rank is 1-based; ties broken by
     score desc then movie_id asc. Users with fewer than k unseen movies get fewer rows.
     """
-    movies_frame = movies_frame.drop_duplicates("movie_id").sort_values("movie_id", kind="stable")
-    users_frame = users_frame.drop_duplicates("user_id")
-    movie_ids = movies_frame["movie_id"].to_numpy(np.int64)
-    user_ids = users_frame["user_id"].to_numpy(np.int64)
-
-    mf = movie_fields(movies_frame).reset_index(drop=True)
-    mf["movie_id"] = mf["movie_id"].astype(str).astype(object)
-    tf_ = time_fields(pd.Series([pd.Timestamp(as_of)] * len(mf), index=mf.index))
-    mf = pd.concat([mf, tf_], axis=1)
-    movie_codes = _field_codes(encoders, mf, ITEM_FIELDS + CONTEXT_FIELDS)
-    uf = user_fields(users_frame).reset_index(drop=True)
-    uf["user_id"] = uf["user_id"].astype(str).astype(object)
-    user_codes = _field_codes(encoders, uf, USER_FIELDS)
+    user_ids, user_codes, movie_ids, movie_codes = _side_codes(encoders, users_frame, movies_frame, as_of)
 
     from recpipe.models.autoint.fit import predict_proba
 
