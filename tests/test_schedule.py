@@ -231,6 +231,12 @@ def _finished(meta, dag_id: str, run_type: str, count: int = 1):
     return runs if len(runs) >= count and all(r.state in ("success", "failed") for r in runs) else None
 
 
+def _backfills_completed(meta, dag_id: str) -> bool:
+    with meta.connect() as conn:
+        return not conn.execute(sa.text("SELECT count(*) FROM backfill WHERE dag_id = :d AND completed_at IS NULL"),
+                                {"d": dag_id}).scalar()
+
+
 def _task_state(meta, dag_id: str, run_id: str, task_id: str) -> str | None:
     with meta.connect() as conn:
         return conn.execute(sa.text(
@@ -271,6 +277,9 @@ def test_nightly_runs_only_for_nights_whose_ingest_succeeded(airflow_local, engi
     source.mkdir()
     for name in ("ratings.dat", "movies.dat", "users.dat"):
         (source / name).write_bytes((synthetic_dir / name).read_bytes())
+    # Airflow allows one running backfill per DAG: the scheduler closes day 1's a loop after its run.
+    wait_for(lambda: _backfills_completed(meta, "recpipe_ingest"), timeout=120, interval=2,
+             what="the ingest backfill of day 1 to complete", on_tick=home.check_running)
     home.airflow("backfill", "create", "--dag-id", "recpipe_ingest", "--from-date", d2, "--to-date", d2)
     (triggered,) = wait_for(lambda: [r for r in _runs(meta, "recpipe_nightly") if r.run_type == "asset_triggered"],
                             timeout=240, interval=3, what="the asset-triggered nightly run",
