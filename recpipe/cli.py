@@ -525,6 +525,15 @@ def main(argv: list[str] | None = None) -> int:
     except _database_errors() as exc:
         print(database_failure_line(args.command, settings, exc), file=sys.stderr)
         return 1
+    except SystemError as exc:
+        # psycopg2 can surface a server shutdown mid-read as a SystemError caused by it.
+        cause = exc.__cause__ or exc.__context__
+        if not isinstance(cause, _database_errors()):
+            raise
+        if getattr(cause, "recpipe_stage", None) is None:
+            cause.recpipe_stage = getattr(exc, "recpipe_stage", None)
+        print(database_failure_line(args.command, settings, cause), file=sys.stderr)
+        return 1
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
