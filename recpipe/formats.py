@@ -47,7 +47,7 @@ import pandas as pd
 from recpipe import source
 from recpipe.config import SOURCE_FORMATS
 from recpipe.source import (
-    BAD_TIMESTAMP, BAD_VALUE, CONTROL_CHARS, DUPLICATE_ID_IN_FILE, EMPTY_LINE, FIELD_COUNT, ID_OUT_OF_RANGE,
+    BAD_TIMESTAMP, BAD_VALUE, CONTROL_CHARS, EMPTY_LINE, FIELD_COUNT, ID_OUT_OF_RANGE,
     INT_MAX, MAX_TIMESTAMP, MIN_TIMESTAMP, NON_NUMERIC_ID, RATING_OUT_OF_RANGE, UNDECODABLE, WHITESPACE_IN_FIELD,
     Parsed, SourceError,
 )
@@ -313,34 +313,16 @@ def _csv_records(path: Path, check_header, check):
     if names is None:
         raise SourceError(f"{path}: line 1 is not a CSV header")
     columns = check_header(names)
-    good, rejected, seen, duplicate = [], [], {}, 0
-    for i in range(1, len(src.starts)):
-        line = src.data[src.starts[i]: src.ends[i]]
-        body = line[:-1] if line.endswith(b"\r") else line
-        reason = None
-        if not body.strip():
-            reason = EMPTY_LINE
-        else:
-            text, reason = source._decode_line(body, src.encoding)
-            if reason is None:
-                fields = _split_csv(text)
-                if fields is None:
-                    reason = BAD_CSV
-                elif len(fields) != len(columns):
-                    reason = FIELD_COUNT
-                else:
-                    reason, key, values = check(dict(zip(columns, fields)))
-                    if reason is None:
-                        if key not in seen:
-                            seen[key] = values
-                            good.append((*values, i + 1))
-                            continue
-                        if seen[key] == values:
-                            duplicate += 1
-                            continue
-                        reason = DUPLICATE_ID_IN_FILE
-        rejected.append((i + 1, source.raw_text(line, src.encoding), line, reason, None))
-    return src, good, source._rejected_frame(rejected), duplicate
+
+    def split(text: str):
+        fields = _split_csv(text)
+        if fields is None:
+            return None, BAD_CSV
+        if len(fields) != len(columns):
+            return None, FIELD_COUNT
+        return dict(zip(columns, fields)), None
+
+    return source._records(src, split, check, first_line=1)
 
 
 def _header_check(path: Path, id_column: str, optional: tuple[str, ...], exact: tuple[str, ...] | None):

@@ -357,39 +357,45 @@ def _decode_line(body: bytes, encoding: str) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _records(path: Path, n_fields: int, check):
-    """Run check(fields) -> (reason, key, values) over every line of a users/movies file.
-    The first valid line of a key is kept; exact repeats count as duplicates, others
-    are rejected as duplicate_id_in_file."""
-    src = _read_source(path)
+def _records(src, split, check, first_line: int = 0):
+    """Run split(text) -> (fields, reason) and check(fields) -> (reason, key, values) over
+    every line of a users/movies/items file from first_line on. The first valid line of a
+    key is kept; exact repeats count as duplicates, others are rejected as duplicate_id_in_file."""
     good, rejected, seen, duplicate = [], [], {}, 0
-    for i in range(len(src.starts)):
+    for i in range(first_line, len(src.starts)):
         line = src.data[src.starts[i]: src.ends[i]]
         body = line[:-1] if line.endswith(b"\r") else line
-        reason = None
         if not body.strip():
             reason = EMPTY_LINE
         else:
             text, reason = _decode_line(body, src.encoding)
             if reason is None:
-                fields = text.split("::")
-                if len(fields) != n_fields:
-                    reason = FIELD_COUNT
-                elif any(f != f.strip() for f in fields):
-                    reason = WHITESPACE_IN_FIELD
-                else:
-                    reason, key, values = check(fields)
-                    if reason is None:
-                        if key not in seen:
-                            seen[key] = values
-                            good.append((*values, i + 1))
-                            continue
-                        if seen[key] == values:
-                            duplicate += 1
-                            continue
-                        reason = DUPLICATE_ID_IN_FILE
+                fields, reason = split(text)
+            if reason is None:
+                reason, key, values = check(fields)
+                if reason is None:
+                    if key not in seen:
+                        seen[key] = values
+                        good.append((*values, i + 1))
+                        continue
+                    if seen[key] == values:
+                        duplicate += 1
+                        continue
+                    reason = DUPLICATE_ID_IN_FILE
         rejected.append((i + 1, raw_text(line, src.encoding), line, reason, None))
     return src, good, _rejected_frame(rejected), duplicate
+
+
+def _dat_fields(n_fields: int):
+    """split() for a '::' file of n_fields fields."""
+    def split(text: str):
+        fields = text.split("::")
+        if len(fields) != n_fields:
+            return None, FIELD_COUNT
+        if any(f != f.strip() for f in fields):
+            return None, WHITESPACE_IN_FIELD
+        return fields, None
+    return split
 
 
 def _check_id(text: str) -> tuple[str | None, int | None]:
@@ -426,7 +432,7 @@ def _check_movie(fields: list[str]):
 
 def parse_users(path: Path) -> Parsed:
     """users.dat into user_id, gender, age, occupation, zip, line_no."""
-    src, good, rejected, duplicate = _records(path, 5, _check_user)
+    src, good, rejected, duplicate = _records(_read_source(path), _dat_fields(5), _check_user)
     rows = pd.DataFrame(good, columns=["user_id", "gender", "age", "occupation", "zip", "line_no"])
     rows = rows.astype({"user_id": "int64", "age": "int64", "occupation": "int64", "line_no": "int64"})
     return Parsed(rows, rejected, len(src.starts), src.sha256, src.encoding, duplicate, src.data, src.starts,
@@ -435,7 +441,7 @@ def parse_users(path: Path) -> Parsed:
 
 def parse_movies(path: Path) -> Parsed:
     """movies.dat into movie_id, title, year (from "(1995)", may be missing), genres (list), line_no."""
-    src, good, rejected, duplicate = _records(path, 3, _check_movie)
+    src, good, rejected, duplicate = _records(_read_source(path), _dat_fields(3), _check_movie)
     rows = pd.DataFrame(good, columns=["movie_id", "title", "year", "genres", "line_no"])
     rows["genres"] = rows["genres"].map(list)
     rows = rows.astype({"movie_id": "int64", "line_no": "int64"})
