@@ -17,13 +17,12 @@ import os
 import secrets
 import socket
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from airflow_harness import (COMPOSE_COMPONENTS, REPO_ROOT, AirflowHome, compose_services,
+from airflow_harness import (COMPOSE_COMPONENTS, REPO_ROOT, AirflowHome, compose_services, free_port, http_ok,
                              scratch_postgres_database, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -33,25 +32,11 @@ RUN_TIMEOUT_S = float(os.environ.get("RECPIPE_TEST_CELERY_TIMEOUT", "1200"))
 AS_OF = "2000-12-01T00:00:00+00:00"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _redis_ok(url: str) -> bool:
     import redis
 
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=3).ping())
-    except Exception:
-        return False
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
     except Exception:
         return False
 
@@ -103,7 +88,7 @@ def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
     server = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     meta_url, drop_meta = scratch_postgres_database(server, prefix="airflow_celery")
     meta_sa = meta_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    port, health_port = _free_port(), _free_port()
+    port, health_port = free_port(), free_port()
     common = _on_this_machine(services["airflow-scheduler"][1], meta_sa=meta_sa, port=port,
                               health_port=health_port, database_url=database_url,
                               home=tmp_path / "recpipe-home", source_dir=synthetic_dir)
@@ -140,7 +125,7 @@ def celery_cluster(database_url, synthetic_dir, tmp_path_factory):
                 own["RECPIPE_TEST_WORKER_HOSTNAME"] = nodename
                 args = [*args, "--skip-serve-logs"]
             home.start(name, *args, env=own)
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
                  what="the api-server", on_tick=home.check_running)
 
         def dags_parsed():

@@ -10,17 +10,15 @@ succeeds triggers the nightly for the night its interval ends.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
-import urllib.request
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from airflow_harness import DAGS_FOLDER, AirflowHome, scratch_postgres_database, wait_for
+from airflow_harness import DAGS_FOLDER, AirflowHome, free_port, http_ok, scratch_postgres_database, wait_for
 
 UTC = timezone.utc
 
@@ -157,26 +155,12 @@ def test_night_of_skips_a_backfilled_night_that_was_never_ingested(utils, engine
 # ---------------------------------------------------------------------------------------
 # End to end: scheduler + dag-processor + api-server, LocalExecutor
 # ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as resp:
-            return resp.status == 200
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
 def airflow_local(database_url, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("schedule")
     server = sa.engine.make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     meta_url, drop_meta = scratch_postgres_database(server, prefix="airflow_schedule")
-    port = _free_port()
+    port = free_port()
     source = tmp_path / "source"  # absent until the test writes it: the first ingest fails
     home = AirflowHome.create(
         tmp_path / "airflow",
@@ -204,7 +188,7 @@ def airflow_local(database_url, tmp_path_factory):
         home.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1")
         home.start("dag-processor", "dag-processor")
         home.start("scheduler", "scheduler")
-        wait_for(lambda: _http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/v2/monitor/health"), timeout=180,
                  what="the api-server", on_tick=home.check_running)
 
         def dags_parsed():
