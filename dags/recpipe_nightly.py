@@ -4,6 +4,7 @@ evaluate, gate, publish, notify.
     plan >> check_data >> [rebuild_encodings, rebuild_sessions] >> train_<model> (one per registered model;
          a model that needs others, e.g. twostage, also after their train_/refit_ tasks)
          >> evaluate >> gate >> rebuild_refit_inputs >> refit_<model> >> check_refits
+         (a model that needs others refits after check_refits_for_<model> has checked theirs)
          >> prepare_publication >> score_shard (mapped: one per user shard) >> publish
          >> [learned_lists_shipped, notify]
 
@@ -81,6 +82,13 @@ MODEL_PARAMS = {
         "scoring_shards": Param(None, type=["null", "integer"], minimum=1, maximum=256,
                                 description="User shards the lists are scored in, one mapped task each"
                                             " (null: RECPIPE_SCORING_SHARDS, default 1)."),
+        "refit": Param(None, type=["null", "string"], enum=[None, "full", "warm_start"],
+                       description="How promoted models are refitted on every rating before the night: from"
+                                   " scratch (full) or from the gated run's weights (warm_start); null:"
+                                   " RECPIPE_REFIT, default full."),
+        "warm_start_epochs": Param(None, type=["null", "integer"], minimum=1, maximum=100,
+                                   description="Epochs of a warm-started refit (null: RECPIPE_WARM_START_EPOCHS,"
+                                               " default 2)."),
         "dry_run": Param(False, type="boolean",
                          description="Train, evaluate and gate as separate dry-run runs; publish nothing."),
         "as_of": Param(None, type=["null", "string"], format="date-time",
@@ -103,8 +111,8 @@ def recpipe_nightly():
                 settings(), night, epochs=params.get("epochs"),
                 model_overrides={m: params.get(f"{m}_overrides") or {} for m in registry.names()},
                 gate_overrides=params.get("gate_overrides") or {}, dry_run=bool(params.get("dry_run")),
-                scoring_shards=params.get("scoring_shards"),
-                context=airflow_context(context))
+                scoring_shards=params.get("scoring_shards"), refit=params.get("refit"),
+                warm_start_epochs=params.get("warm_start_epochs"), context=airflow_context(context))
         except (PlanError, ValueError) as exc:
             raise AirflowFailException(f"invalid night parameters: {exc}") from exc  # retrying cannot help
         return built.to_dict()
@@ -183,6 +191,15 @@ def recpipe_nightly():
 
         return pipeline.refit_model(settings(), NightPlan.from_dict(night), trained["run_id"], refit_inputs,
                                     fresh_process=True, components=components)
+
+    @task
+    def check_component_refits(night: dict, refits: list) -> list:
+        """The refits a model is built on, checked before it refits (check_refits reports them again)."""
+        from recpipe import pipeline
+        from recpipe.plan import NightPlan
+
+        pipeline.check_refits(settings(), NightPlan.from_dict(night), [r["run_id"] for r in refits if r])
+        return refits
 
     @task
     def check_refits(night: dict, refits: list) -> dict:
@@ -282,8 +299,11 @@ def recpipe_nightly():
     decision = gate(night, evaluate(night, list(trained.values())))
     refit_inputs = rebuild_refit_inputs(night, decision)
     for spec in map(registry.spec, registry.training_order()):
+        components = [refitted[m] for m in spec.needs]
+        if components:  # only component refits that passed their checks are built upon
+            components = check_component_refits.override(task_id=f"check_refits_for_{spec.name}")(night, components)
         refitted[spec.name] = refit.override(task_id=f"refit_{spec.name}", **queue(spec))(
-            night, spec.name, trained[spec.name], refit_inputs, [refitted[m] for m in spec.needs])
+            night, spec.name, trained[spec.name], refit_inputs, components)
     refits = list(refitted.values())
     jobs = prepare_publication(night, decision, check_refits(night, refits))
     # One mapped task per user shard (the plan's scoring_shards), then one atomic switch.

@@ -58,6 +58,15 @@ def record_alert(
     return alert_id
 
 
+def run_alert_ids(engine: Engine, run_id: int, kind: str) -> list[int]:
+    """The `kind` alerts raised about a run since it was (last) trained."""
+    with engine.connect() as conn:
+        return [int(a) for (a,) in conn.execute(sa.text(
+            "SELECT a.alert_id FROM alerts a JOIN model_runs r ON r.run_id = a.run_id"
+            " WHERE a.run_id = :r AND a.kind = :k AND a.created_at >= r.created_at ORDER BY a.alert_id"),
+            {"r": run_id, "k": kind})]
+
+
 def fetch_alerts(engine: Engine, alert_ids: list[int]) -> list[dict]:
     if not alert_ids:
         return []

@@ -348,7 +348,8 @@ def cmd_run(args, settings: Settings) -> int:
         as_of = args.as_of or default_as_of(settings)
     overrides = args.overrides or {}
     plan = pipeline.make_plan(settings, as_of, epochs=args.epochs, model_overrides=overrides,
-                              gate_overrides=args.gate, dry_run=args.dry_run)
+                              gate_overrides=args.gate, dry_run=args.dry_run, refit=args.refit,
+                              warm_start_epochs=args.warm_start_epochs)
     result = pipeline.run_nightly(settings, plan)
     _print(result, args.json, summarize_nightly(result))
     return 0
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overrides", type=_json_arg, help='per model: {"autoint": {...}, "gru4rec": {...}}')
     p.add_argument("--gate", type=_json_arg, help="gate overrides, e.g. {\"tolerance\": 0.2}")
     p.add_argument("--dry-run", action="store_true", help="train, evaluate and gate; publish nothing")
+    p.add_argument("--refit", choices=["full", "warm_start"],
+                   help="refit from scratch or from the gated weights (default: RECPIPE_REFIT, else full)")
+    p.add_argument("--warm-start-epochs", type=int, help="a warm-started refit's epochs (default 2)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -143,6 +143,11 @@ class PipelineParams:
     # the night, after a sanity check against the gated run) or "gated" (the cautious:
     # exactly the run the gate judged).
     ship: str = "refit"
+    # How the refit trains: "full" (from scratch, the configured epochs) or "warm_start"
+    # (from the gated run's weights, embedding tables grown to the night's encoders, for
+    # `warm_start_epochs` epochs); models without weights to start from always refit in full.
+    refit: str = "full"
+    warm_start_epochs: int = 2
     scoring_shards: int = 1  # user shards of the publication (Airflow: one mapped task each)
 
     @classmethod
@@ -152,5 +157,7 @@ class PipelineParams:
             eval_window=_days(env.get("RECPIPE_EVAL_WINDOW_DAYS"), cls.eval_window),
             retention=_days(env.get("RECPIPE_RETENTION_DAYS"), cls.retention),
             ship=env.get("RECPIPE_SHIP") or cls.ship,
+            refit=env.get("RECPIPE_REFIT") or cls.refit,
+            warm_start_epochs=int(env.get("RECPIPE_WARM_START_EPOCHS") or cls.warm_start_epochs),
             scoring_shards=int(env.get("RECPIPE_SCORING_SHARDS") or cls.scoring_shards),
         )

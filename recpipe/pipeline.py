@@ -195,27 +195,40 @@ def refit_model(settings: Settings, plan: NightPlan, gated_run_id: int, refit_in
     """Refit a promoted gated run's configuration on every rating before the night.
 
     None when the night ships gated runs, the gated run was rejected, or it is a dry run.
-    `components`: the refit results of the models it needs; a component without a refit
-    tonight (rejected by the gate: None) is used as its gated run.
+    `components`: the refit results of the models it needs, already checked
+    (check_refits); only a component refit that passed its checks is used: one without a
+    refit tonight (None), or whose refit failed or was not checked, is used as its gated run.
     """
     from recpipe import runs
 
-    gated = runs.get(_engine(settings), gated_run_id)
+    engine = _engine(settings)
+    gated = runs.get(engine, gated_run_id)
     if not plan.refits or plan.dry_run or gated.status != runs.PROMOTED:
         return None
     inputs = night_inputs(refit_inputs.get("encodings"), refit_inputs.get("sessions"))
     if registry.spec(gated.model).needs:
         used = dict((gated.plan.get("inputs") or {}).get("component_runs") or {})
-        used.update({c["model"]: int(c["run_id"]) for c in components or [] if c})
+        for component in components or []:
+            if not component:
+                continue
+            status = runs.get(engine, int(component["run_id"])).status
+            if status == runs.PROMOTED:
+                used[component["model"]] = int(component["run_id"])
+            else:  # a refit that failed its checks (or was never checked) is not built upon
+                log.warning("%s refit: component %s refit run %s is %s, not checked and passed: using its gated"
+                            " run %s", gated.model, component["model"], component["run_id"],
+                            status, used.get(component["model"]))
         inputs = inputs.with_components(used)
     return train_model(settings, plan, gated.model, inputs, fresh_process, phase="refit", gated_run_id=gated_run_id)
 
 
 def check_refits(settings: Settings, plan: NightPlan, refit_run_ids: list[int]) -> dict:
     """Sanity-check each refit against its gated run; a refit that fails is not shipped
-    (its gated run is) and raises an alert naming the check."""
-    from recpipe import runs
-    from recpipe.gate import GateRules, check_refit
+    (its gated run is) and raises an alert naming the check. A refit already checked
+    tonight (a component, checked before the model built on it refitted) keeps its
+    verdict, which is reported again with its alerts."""
+    from recpipe import alerts, runs
+    from recpipe.gate import Decision, GateRules, check_refit
     from recpipe.recommenders.base import History, Store
 
     engine = _engine(settings)
@@ -225,6 +238,10 @@ def check_refits(settings: Settings, plan: NightPlan, refit_run_ids: list[int]) 
     decisions = []
     for run_id in refit_run_ids:
         refit = runs.get(engine, run_id)
+        if refit.status in (runs.PROMOTED, runs.REJECTED):
+            decisions.append(Decision(refit.run_id, refit.model, refit.status == runs.PROMOTED, refit.gate_reasons,
+                                      alerts.run_alert_ids(engine, refit.run_id, alerts.GATE_REJECTED)))
+            continue
         gated = runs.get(engine, refit.gated_run_id)
         decisions.append(check_refit(engine, store, history, gated, refit, rules, plan.k, context=plan.context))
     return {"decisions": [d.to_dict() for d in decisions], "alert_ids": [a for d in decisions for a in d.alert_ids],
@@ -437,9 +454,11 @@ def run_nightly(settings: Settings, plan: NightPlan, fresh_process: bool = False
         refit_inputs = timed("rebuild_refit_inputs", rebuild_refit_inputs, settings, plan)
         refit_by_model: dict[str, dict | None] = {}
         for model, run_id in zip(trained_by_model, run_ids):
+            needs = [refit_by_model.get(m) for m in registry.spec(model).needs]
+            if any(needs):  # the components' refits pass their checks before anything is built on them
+                timed(f"check_refits_for_{model}", check_refits, settings, plan, [c["run_id"] for c in needs if c])
             with stage(f"refit of run {run_id}"):
-                refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process,
-                                    [refit_by_model.get(m) for m in registry.spec(model).needs])
+                refit = refit_model(settings, plan, run_id, refit_inputs, fresh_process, needs)
             refit_by_model[model] = refit
             if refit is not None:
                 timings[f"refit_{refit['model']}"] = refit["seconds"]

@@ -25,6 +25,9 @@ LIST_LENGTH = 10
 GATED, REFIT = "gated", "refit"
 PHASES = (GATED, REFIT)
 SHIP_CHOICES = (REFIT, GATED)
+FULL, WARM_START = "full", "warm_start"
+REFIT_MODES = (FULL, WARM_START)
+MAX_WARM_START_EPOCHS = 100
 
 
 MAX_SHARDS = 256
@@ -53,6 +56,8 @@ class NightPlan:
     session_params: Mapping[str, Any] = field(default_factory=dict)
     context: str | None = None  # which Airflow run (for alert rows), when there is one
     scoring_shards: int = 1  # user shards the lists are scored in (Airflow maps one task per shard)
+    refit: str = FULL  # or "warm_start": see PipelineParams.refit
+    warm_start_epochs: int = 2  # a warm-started refit's epochs
 
     @property
     def training_cutoff(self) -> datetime:
@@ -78,7 +83,8 @@ class NightPlan:
               gate_overrides: Mapping | None = None, dry_run: bool = False,
               session_params: Mapping | None = None, context: str | None = None,
               eval_window: timedelta | None = None, gate_file=None, ship: str | None = None,
-              scoring_shards: int | None = None) -> "NightPlan":
+              scoring_shards: int | None = None, refit: str | None = None,
+              warm_start_epochs: int | None = None) -> "NightPlan":
         """A validated plan: bad parameters raise PlanError before anything runs."""
         from dataclasses import asdict as _asdict
 
@@ -107,6 +113,8 @@ class NightPlan:
             session_params=dict(session_params or {}),
             context=context,
             scoring_shards=params.scoring_shards if scoring_shards is None else scoring_shards,
+            refit=refit or params.refit,
+            warm_start_epochs=params.warm_start_epochs if warm_start_epochs is None else warm_start_epochs,
         )
         plan.validate()
         return plan
@@ -116,6 +124,12 @@ class NightPlan:
 
         if self.ship not in SHIP_CHOICES:
             raise PlanError(f"ship must be one of {SHIP_CHOICES}, got {self.ship!r}")
+        if self.refit not in REFIT_MODES:
+            raise PlanError(f"refit must be one of {REFIT_MODES}, got {self.refit!r}")
+        if isinstance(self.warm_start_epochs, bool) or not isinstance(self.warm_start_epochs, int) \
+                or not 1 <= self.warm_start_epochs <= MAX_WARM_START_EPOCHS:
+            raise PlanError(f"warm_start_epochs must be an integer in [1, {MAX_WARM_START_EPOCHS}],"
+                            f" got {self.warm_start_epochs!r}")
         if isinstance(self.scoring_shards, bool) or not isinstance(self.scoring_shards, int) \
                 or not 1 <= self.scoring_shards <= MAX_SHARDS:
             raise PlanError(f"scoring_shards must be an integer in [1, {MAX_SHARDS}], got {self.scoring_shards!r}")

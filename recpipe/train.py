@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from recpipe.config import Settings
-from recpipe.plan import NightInputs, NightPlan
+from recpipe.plan import FULL, REFIT, WARM_START, NightInputs, NightPlan
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +76,60 @@ def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: in
     config = plan.model_config(name)
     started = time.perf_counter()
     train_until = plan.train_until(request.phase)
-    data = recommender.prepare(Store(engine, settings), plan, request.inputs, config, train_until)
+    store = Store(engine, settings)
+    data = recommender.prepare(store, plan, request.inputs, config, train_until)
+    initial, refit = None, None
+    if request.phase == REFIT:
+        initial, refit = _warm_start(engine, store, plan, request, recommender, data, config)
+        if initial is not None:
+            config = {**config, "epochs": plan.warm_start_epochs}
     folder = artifacts.new_dir(settings, name, plan.night)
     try:
-        fitted = recommender.fit(data, config, folder, verbose)
+        fitted = recommender.fit(data, config, folder, verbose, **({"initial_weights": initial} if initial else {}))
         artifact = artifacts.register(engine, settings, name, plan.night, folder, fitted.row_counts,
                                       fitted.data_stats)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # a failed fit leaves no unregistered files
         raise
+    if refit:
+        fitted.training["refit_mode"] = refit["mode"]
     run_id = runs.save_trained(
         engine, settings, model=name, night=plan.night, config=config, data_stats=fitted.data_stats,
         metrics={"training": fitted.training}, artifact=artifact, is_baseline=spec.baseline,
         dry_run=plan.dry_run, plan={"night": plan.night.isoformat(), "training_cutoff":
                                     plan.training_cutoff.isoformat(), "train_until": train_until.isoformat(),
-                                    "inputs": request.inputs.to_dict()},
+                                    "inputs": request.inputs.to_dict(), **({"refit": refit} if refit else {})},
         phase=request.phase, gated_run_id=request.gated_run_id,
     )
     seconds = round(time.perf_counter() - started, 2)
     log.info("trained %s (%s) for %s: run %s in %.1fs", name, request.phase, plan.night, run_id, seconds)
     return TrainResponse(run_id, name, plan.night.isoformat(), artifact.artifact_id, seconds,
                          {k: v for k, v in fitted.training.items() if k != "curves"})
+
+
+def _warm_start(engine: Engine, store, plan: NightPlan, request: TrainRequest, recommender, data, config: dict
+                ) -> tuple[dict | None, dict]:
+    """(initial weights or None, the refit's record): with plan.refit "warm_start", the gated
+    run's verified weights grown to tonight's vocabularies; a model without weights to
+    continue from (the closed-form baselines), or whose gated run cannot seed it, refits in
+    full, and the record says why."""
+    from recpipe import runs
+    from recpipe.recommenders.base import WarmStartUnavailable
+
+    record = {"mode": FULL, "requested": plan.refit, "gated_run_id": request.gated_run_id}
+    if plan.refit != WARM_START:
+        return None, record
+    if not hasattr(recommender, "warm_start_weights"):
+        return None, {**record, "why_full": f"{request.model} has no weights to continue from"}
+    parent = runs.get(engine, request.gated_run_id)
+    try:
+        with parent.open_artifact(store.settings) as bundle:  # verified (sha256) before anything is read
+            weights, facts = recommender.warm_start_weights(bundle, parent, store, data, config)
+    except WarmStartUnavailable as exc:
+        log.warning("%s refit: no warm start from run %s (%s): refitting in full", request.model, parent.run_id, exc)
+        return None, {**record, "why_full": str(exc)}
+    return weights, {**record, "mode": WARM_START, "from_run_id": parent.run_id,
+                     "from_artifact_id": parent.artifact_id, "epochs": plan.warm_start_epochs, **facts}
 
 
 def train_in_fresh_process(settings: Settings, database_url: str, request: TrainRequest) -> TrainResponse:

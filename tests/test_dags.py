@@ -26,7 +26,8 @@ MODELS = ("popularity", "ease", "itemknn", "autoint", "gru4rec", "twostage")  # 
 NEEDS = {"twostage": ("autoint", "gru4rec", "ease", "popularity")}
 NIGHTLY_TASKS = {"plan", "check_data", "rebuild_encodings", "rebuild_sessions", *(f"train_{m}" for m in MODELS),
                  "evaluate", "gate", "rebuild_refit_inputs", *(f"refit_{m}" for m in MODELS), "check_refits",
-                 "prepare_publication", "score_shard", "publish", "learned_lists_shipped", "notify"}
+                 "prepare_publication", "score_shard", "publish", "learned_lists_shipped", "notify",
+                 *(f"check_refits_for_{m}" for m in NEEDS)}
 ACCELERATED = {"train_autoint", "train_gru4rec", "refit_autoint", "refit_gru4rec"}
 
 
@@ -145,9 +146,12 @@ def test_nightly_dag_shape(dag_info):
     assert tasks["evaluate"]["upstream"] == sorted(["plan", *(f"train_{m}" for m in MODELS)])
     assert tasks["gate"]["upstream"] == ["evaluate", "plan"]
     assert tasks["rebuild_refit_inputs"]["upstream"] == ["gate", "plan"]
-    for model in MODELS:
+    for model in MODELS:  # a model built on others refits once their refits are checked
+        checked = [f"check_refits_for_{model}"] if NEEDS.get(model) else []
         assert tasks[f"refit_{model}"]["upstream"] == sorted(
-            ["plan", "rebuild_refit_inputs", f"train_{model}", *(f"refit_{m}" for m in NEEDS.get(model, ()))])
+            ["plan", "rebuild_refit_inputs", f"train_{model}", *checked])
+    for model, needs in NEEDS.items():
+        assert tasks[f"check_refits_for_{model}"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in needs)])
     assert tasks["check_refits"]["upstream"] == sorted(["plan", *(f"refit_{m}" for m in MODELS)])
     assert tasks["prepare_publication"]["upstream"] == ["check_refits", "gate", "plan"]
     assert tasks["score_shard"]["upstream"] == ["plan", "prepare_publication"]
@@ -172,7 +176,9 @@ def test_nightly_params(dag_info):
     assert dag["params"] == {
         "epochs": None, **{f"{m}_overrides": {} for m in MODELS},
         "gate_overrides": {}, "dry_run": False, "as_of": None, "scoring_shards": None,
+        "refit": None, "warm_start_epochs": None,
     }
+    assert dag["param_schemas"]["refit"]["enum"] == [None, "full", "warm_start"]
     assert dag["param_schemas"]["scoring_shards"]["maximum"] == 256
     schemas = dag["param_schemas"]
     assert schemas["epochs"]["type"] == ["null", "integer"]

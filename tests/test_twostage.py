@@ -185,8 +185,42 @@ def test_the_nightly_publishes_twostage_lists(night):
                                                          for m in registry.spec("twostage").needs}
     refit = by[("twostage", "refit")]
     assert refit["gated_run_id"] == gated["run_id"]
-    assert refit["plan"]["inputs"]["component_runs"] == {m: by[(m, "refit")]["run_id"]
-                                                         for m in registry.spec("twostage").needs}
+    # The refit is built from the component refits that passed their checks, else their gated runs;
+    # each component was decided before the twostage refit was trained.
+    assert refit["plan"]["inputs"]["component_runs"] == {
+        m: by[(m, "refit")]["run_id"] if by[(m, "refit")]["status"] == "promoted" else by[(m, "gated")]["run_id"]
+        for m in registry.spec("twostage").needs}
+    assert "check_refits_for_twostage" in result["timings_s"]
+    with engine.connect() as conn:
+        order = conn.execute(sa.text(
+            "SELECT bool_and(c.decided_at < t.created_at) FROM model_runs t JOIN model_runs c"
+            " ON c.run_id = ANY(SELECT (jsonb_each_text(t.plan->'inputs'->'component_runs')).value::bigint)"
+            " WHERE t.run_id = :r"), {"r": refit["run_id"]}).scalar_one()
+    assert order, "every component run was decided before the twostage refit trained on it"
     assert lists["user_id"].nunique() == known and len(lists) == 10 * known
     assert set(lists["run_id"]) == {refit["run_id"] if refit["status"] == "promoted" else gated["run_id"]}
     assert not lists["fallback"].any(), "twostage serves every known user itself"
+
+
+def test_a_twostage_refit_uses_only_component_refits_that_passed_their_checks(night):
+    """A component refit that failed its checks, or was never checked, is not built upon:
+    the twostage refit takes that component's gated run instead."""
+    settings, engine, plan, trained, _, _ = night
+    needs = registry.spec("twostage").needs
+    with engine.begin() as conn:  # the gate promoted the night's runs
+        for model in (*needs, "twostage"):
+            runs.decide(conn, trained[model], runs.PROMOTED, [])
+    refit_inputs = pipeline.rebuild_refit_inputs(settings, plan)
+    refits = {m: pipeline.refit_model(settings, plan, trained[m], refit_inputs) for m in needs}
+    failed, unchecked, *passed = needs
+    with engine.begin() as conn:
+        runs.decide(conn, refits[failed]["run_id"], runs.REJECTED, [{"rule": "refit_overlap", "message": "forced"}])
+        for model in passed:
+            runs.decide(conn, refits[model]["run_id"], runs.PROMOTED, [])
+    refit = pipeline.refit_model(settings, plan, trained["twostage"], refit_inputs, components=list(refits.values()))
+    used = runs.get(engine, refit["run_id"]).plan["inputs"]["component_runs"]
+    assert used == {failed: trained[failed], unchecked: trained[unchecked],
+                    **{m: refits[m]["run_id"] for m in passed}}, used
+    built = runs.get(engine, refit["run_id"]).data_stats["components"]
+    assert {m: c["phase"] for m, c in built.items()} == {failed: "gated", unchecked: "gated",
+                                                         **{m: "refit" for m in passed}}

@@ -16,7 +16,8 @@ import pandas as pd
 from recpipe.features import CONTEXT_FIELDS, FIELDS, ITEM_FIELDS, USER_FIELDS, derive_fields, movie_fields, \
     time_fields, user_fields
 from recpipe.models.autoint.config import DEFAULT_CONFIG, AutoIntConfig
-from recpipe.recommenders.base import Fitted, History, Store, empty_lists, history_summary, merge_config
+from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, history_summary, \
+    merge_config
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "autoint.keras"
@@ -66,17 +67,56 @@ class AutoIntRecommender:
                  if encoders.unused_fields else "")
         return X, y, encoders.field_dims, stats
 
-    def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None) -> Fitted:
+    def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None,
+            initial_weights: Mapping | None = None) -> Fitted:
         from recpipe.models.autoint.fit import fit_autoint
         from recpipe.models.autoint.network import save_model
 
         X, y, field_dims, stats = data
         started = time.perf_counter()
         model, history = fit_autoint(X, y, field_dims, model_config(config), out_dir=out_dir,
-                                     verbose=_verbosity() if verbose is None else verbose)
+                                     verbose=_verbosity() if verbose is None else verbose,
+                                     initial_weights=initial_weights)
         seconds = time.perf_counter() - started
         save_model(model, Path(out_dir) / MODEL_FILE)
         return Fitted(stats, history_summary(history, seconds), {"train_rows": int(len(y))})
+
+    def warm_start_weights(self, bundle, parent, store: Store, data, config: dict) -> tuple[dict, dict]:
+        """The gated run's weights for tonight's encoders: each field's embedding rows are
+        copied by value (user id, movie id, zip, ...); a value the gated encoders did not
+        know starts from that field's unknown row, i.e. as the gated model served it.
+        Every other layer is copied as is (same fields, same architecture)."""
+        from recpipe.models.autoint.network import load_model
+
+        _, _, field_dims, stats = data
+        network = {k: v for k, v in config.items() if k not in ("epochs", "patience", *DATA_DEFAULTS)}
+        theirs = {k: v for k, v in (parent.config or {}).items() if k in network}
+        if theirs != network:
+            raise WarmStartUnavailable(f"gated run {parent.run_id}'s config differs from tonight's"
+                                       f" ({sorted(k for k in network if theirs.get(k) != network[k])})")
+        old_enc = store.encoders(parent.data_stats["encodings_artifact_id"])
+        new_enc = store.encoders(stats["encodings_artifact_id"])
+        if tuple(old_enc.fields) != tuple(new_enc.fields):
+            raise WarmStartUnavailable(f"the fields differ: gated {list(old_enc.fields)}, tonight {list(new_enc.fields)}")
+        old_model = load_model(bundle.path(MODEL_FILE))
+        old_table = old_model.get_layer("embedding").get_weights()[0]
+        old_vocab, new_vocab = old_enc.vocabularies, new_enc.vocabularies
+        old_dims = old_enc.field_dims
+        old_off = np.concatenate([[0], np.cumsum(old_dims)[:-1]])
+        rows, known = [], {}
+        for f, name in enumerate(new_enc.fields):
+            old_code = pd.Index(old_vocab[name]).get_indexer(new_vocab[name]) + 1  # 0: unknown to the gated run
+            codes = np.concatenate([[0], old_code])  # new code c -> old code (code 0 stays unknown)
+            rows.append(old_off[f] + codes)
+            known[name] = {"known": int((old_code > 0).sum()), "new": int((old_code == 0).sum())}
+        table = old_table[np.concatenate(rows)]
+        if table.shape[0] != int(sum(field_dims)):
+            raise WarmStartUnavailable(f"grown table has {table.shape[0]} rows, tonight's model {sum(field_dims)}")
+        weights = {layer.name: layer.get_weights() for layer in old_model.layers
+                   if layer.weights and layer.name != "embedding"}
+        weights["embedding"] = [table]
+        return weights, {"grown_fields": known, "embedding_rows": {"gated": int(old_table.shape[0]),
+                                                                    "refit": int(table.shape[0])}}
 
     def load(self, bundle, run, store: Store):
         from recpipe.models.autoint.network import load_model

@@ -10,6 +10,11 @@ stored data into a model and a model into top-k lists:
     recommend(model, store, history, user_ids, k) -> DataFrame[user_id, rank, movie_id, score]
     extra_metrics(model, store, holdout) -> dict   model-specific figures (e.g. AUC)
 
+Models with weights to continue from (AutoInt+, GRU4Rec) also offer
+    warm_start_weights(bundle, parent_run, store, data, config) -> (weights, facts)
+the gated run's weights grown to tonight's vocabularies (layer name -> arrays, for
+`fit(..., initial_weights=weights)`), or WarmStartUnavailable with the reason.
+
 Users a model cannot serve (nothing to go on) are simply absent from `recommend`'s
 lists; `lists_with_fallback` gives them the baseline's list, marked `fallback`.
 """
@@ -96,6 +101,19 @@ class Fitted:
     data_stats: dict
     training: dict
     row_counts: dict = field(default_factory=dict)
+
+
+class WarmStartUnavailable(ValueError):
+    """The gated run's weights cannot seed this refit (say why): it is refitted in full."""
+
+
+def grow_rows(old: np.ndarray, old_pos: np.ndarray, fresh: np.ndarray, axis: int = 0) -> np.ndarray:
+    """A table for a grown vocabulary along `axis`: entry i is old's entry old_pos[i]
+    (copied by id) where old_pos[i] >= 0, else fresh's entry i (a new id)."""
+    old, fresh = np.moveaxis(np.asarray(old), axis, 0), np.moveaxis(np.array(fresh, copy=True), axis, 0)
+    known = old_pos >= 0
+    fresh[known] = old[old_pos[known]]
+    return np.moveaxis(fresh, 0, axis)
 
 
 class Recommender(Protocol):

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from recpipe.models.gru4rec.config import DEFAULT_CONFIG, GRU4RecConfig
-from recpipe.recommenders.base import Fitted, History, Store, empty_lists, history_summary, merge_config
+from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, grow_rows, \
+    history_summary, merge_config
 
 SERVING_FILE = "serving.json"
 SERVING_MODES = ("history", "last_session")
@@ -77,14 +78,16 @@ class GRU4RecRecommender:
                  "session_params": params, "events": int(len(train)), "sessions": int(train["session_id"].nunique())}
         return train, stats, store.ratings(before=train_until)
 
-    def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None) -> Fitted:
+    def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None,
+            initial_weights: Mapping | None = None) -> Fitted:
         from recpipe.models.gru4rec.fit import fit_gru4rec
 
         train, stats, ratings = data
         network_config, serving_config = split_config(config)
         started = time.perf_counter()
         bundle, history = fit_gru4rec(train, network_config, out_dir=out_dir,
-                                      verbose=_verbosity() if verbose is None else verbose)
+                                      verbose=_verbosity() if verbose is None else verbose,
+                                      initial_weights=initial_weights)
         serving = choose_serving(bundle, ratings, stats["session_params"], serving_config,
                                  pd.Timestamp(stats["train_until"]))
         seconds = time.perf_counter() - started
@@ -92,6 +95,45 @@ class GRU4RecRecommender:
         (Path(out_dir) / SERVING_FILE).write_text(json.dumps(serving, indent=2))
         return Fitted({**stats, "items": int(bundle.n_items), "serving": serving},
                       history_summary(history, seconds), {"train_events": int(len(train))})
+
+    def warm_start_weights(self, bundle, parent, store: Store, data, config: dict) -> tuple[dict, dict]:
+        """The gated run's weights for tonight's item index: item rows (input embedding,
+        output scores and bias) copied by movie id; a movie the gated run never saw gets a
+        fresh row, drawn as the layer's own initialiser would (Embedding: U(-0.05, 0.05);
+        Dense and tied scores: Glorot uniform; bias 0). The GRU is copied as is."""
+        from recpipe.models.gru4rec.network import MODEL_FILE, GRU4RecBundle, ItemIndex
+
+        train, _, _ = data
+        network, _ = split_config(config)
+        theirs = GRU4RecConfig.from_dict({k: v for k, v in (parent.config or {}).items()
+                                          if k not in SERVING_DEFAULTS}).to_dict()
+        differ = sorted(k for k, v in network.to_dict().items() if k not in ("epochs", "patience") and theirs[k] != v)
+        if differ:
+            raise WarmStartUnavailable(f"gated run {parent.run_id}'s network config differs from tonight's ({differ})")
+        old = GRU4RecBundle.load(bundle.path(MODEL_FILE).parent)
+        index = ItemIndex.from_events(train)  # what fit_gru4rec indexes tonight
+        pos = old.index.encode(index.movie_ids)
+        n, rng = len(index), np.random.default_rng(network.seed)
+
+        def glorot(shape):
+            limit = np.sqrt(6.0 / (shape[0] + shape[1]))
+            return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+        weights = {}
+        for layer in old.model.layers:
+            w = layer.get_weights()
+            if not w:
+                continue
+            if layer.name == "item_embedding":
+                w = [grow_rows(w[0], pos, rng.uniform(-0.05, 0.05, (n, w[0].shape[1])).astype(np.float32))]
+            elif layer.name == "item_scores" and network.tied:  # embeddings [items, dim], bias [items]
+                w = [grow_rows(w[0], pos, glorot((n, w[0].shape[1]))), grow_rows(w[1], pos, np.zeros(n, np.float32))]
+            elif layer.name == "item_scores":  # Dense kernel [hidden, items], bias [items]
+                w = [grow_rows(w[0], pos, glorot((w[0].shape[0], n)), axis=1),
+                     grow_rows(w[1], pos, np.zeros(n, np.float32))]
+            weights[layer.name] = w
+        return weights, {"items": {"gated": int(old.n_items), "refit": n, "known": int((pos >= 0).sum()),
+                                   "new": int((pos < 0).sum())}}
 
     def load(self, bundle, run, store: Store):
         from recpipe.models.gru4rec.network import MODEL_FILE, GRU4RecBundle

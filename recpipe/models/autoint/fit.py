@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import keras
 import numpy as np
@@ -52,6 +52,7 @@ def fit_autoint(
     out_dir: str | Path | None = None,
     verbose: int | str = "auto",
     jit_compile: Any = None,
+    initial_weights: Mapping[str, list[np.ndarray]] | None = None,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Train AutoInt+ on int32 codes X (n, n_fields) and 0/1 labels y.
 
@@ -62,6 +63,8 @@ def fit_autoint(
     `train_rows`, `val_rows`, `samples_per_s` ((train+val rows) x epochs / fit seconds)
     and `train_samples_per_s` (train rows only). With out_dir, the curves are saved
     there as training_loss.png / training_auc.png and the history as history.json.
+    `initial_weights` (warm start): layer name -> weights to start from instead of the
+    fresh initialisation (the optimizer starts fresh).
     """
     X = np.ascontiguousarray(X, dtype=np.int32)
     y = np.asarray(y, dtype=np.float32).reshape(-1)
@@ -78,6 +81,7 @@ def fit_autoint(
         jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
     keras.utils.set_random_seed(config.seed)
     model = compile_autoint(build_autoint(field_dims, config), config, jit_compile=jit_compile)
+    set_initial_weights(model, initial_weights)
     callbacks = []
     monitor = "val_loss" if X_val is not None else "loss"
     callbacks.append(
@@ -112,6 +116,18 @@ def fit_autoint(
         _save_curves(history, out)
         (out / "history.json").write_text(json.dumps({"config": config.to_dict(), **history}, indent=2))
     return model, history
+
+
+def set_initial_weights(model: keras.Model, initial_weights: Mapping[str, list[np.ndarray]] | None) -> None:
+    """Warm start: per layer name, the weights to start from (layers not named keep their
+    fresh initialisation); shapes must match the built model's."""
+    for name, weights in (initial_weights or {}).items():
+        layer = model.get_layer(name)
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(np.shape(w)) for w in weights] != expected:
+            raise ValueError(f"initial weights of layer {name!r}: shapes {[np.shape(w) for w in weights]},"
+                             f" the model's are {expected}")
+        layer.set_weights(weights)
 
 
 def predict_proba(model: keras.Model, X: np.ndarray, batch_size: int = 65536) -> np.ndarray:

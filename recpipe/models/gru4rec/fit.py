@@ -9,7 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import keras
 import numpy as np
@@ -57,14 +57,17 @@ def _plot_history(history: dict, path: Path) -> None:
 
 def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None, *,
                 validate: Validator | None = None, out_dir=None, verbose: int = 1,
-                index: ItemIndex | None = None):
+                index: ItemIndex | None = None,
+                initial_weights: Mapping[str, list[np.ndarray]] | None = None):
     """Train on every next-item step of every training session.
 
     train_events: user_id, movie_id, session_id (+ ts, line_no for order). `validate`,
     when given, is called with the bundle after every epoch and returns validation
     figures (e.g. val_recall@20, val_mrr@20, val_loss); `config.monitor` names the one
     that early stopping and best-epoch selection follow. `index`: the item vocabulary
-    (default: the training items). Returns (bundle, history); history has per-epoch
+    (default: the training items). `initial_weights` (warm start): layer name of the
+    inference network -> weights to start from (shared with the training network; the
+    optimizer starts fresh). Returns (bundle, history); history has per-epoch
     lists and train_seconds, train_steps, events_per_s, epochs_run, best_epoch."""
     cfg = config or DEFAULT_CONFIG
     keras.utils.set_random_seed(cfg.seed)
@@ -72,6 +75,13 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     seqs = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences])
     n_steps = int(sum(len(s) - 1 for s in seqs if len(s) >= 2))
     train_model, infer_model = _build_networks(len(index), cfg)
+    for name, weights in (initial_weights or {}).items():
+        layer = infer_model.get_layer(name)
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(np.shape(w)) for w in weights] != expected:
+            raise ValueError(f"initial weights of layer {name!r}: shapes {[np.shape(w) for w in weights]},"
+                             f" the model's are {expected}")
+        layer.set_weights(weights)
     sampled = cfg.loss != "cross_entropy"
     if sampled:  # negatives are drawn by training popularity
         counts = np.bincount(np.concatenate(seqs), minlength=len(index)) if seqs else np.zeros(len(index))
