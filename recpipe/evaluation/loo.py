@@ -275,7 +275,8 @@ GRU_BASE = {"hidden": 128, "embedding_dim": 128, "dropout": 0.3, "learning_rate"
 # over the 824k training steps took ~4 CPU-minutes at hidden 128, so on the shared 2-core
 # machine only 4- and 8-epoch cosine schedules fitted in the time box; 12-epoch runs (this
 # config, and tied + dropout_embed 0.2) were stopped after their first epoch (validation
-# NDCG@10 0.106 and 0.101 then).
+# NDCG@10 0.106 and 0.101 then). Wider candidates (hidden 256) and their per-epoch
+# validation figures: eval/loo_gru4rec_search.json (bench/loo_gru4rec_search.py).
 GRU_OVERRIDES: list[dict] = [{"epochs": 4}, {"epochs": 8}]
 
 
