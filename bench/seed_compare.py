@@ -162,6 +162,11 @@ def compare(args) -> dict:
                 cpu_key = key.replace("_per_s", "_per_cpu_s")
                 print(f"round {r + 1} {model} {side}: {result[key]:,.0f} {key.replace('_per_s', '')}/s,"
                       f" {result[cpu_key]:,.0f} per CPU-s (load {load:.2f})", flush=True)
+    anatomy = step_anatomy(int(train["movie_id"].nunique()), field_dims)
+    for model in ("gru4rec", "autoint"):
+        a = anatomy[model]
+        print(f"step anatomy {model}: CPU ms/step {({k: round(v, 1) for k, v in a['cpu_ms_per_step'].items()})},"
+              f" step ratio {a['step_ratio']:.2f}x, bound {a['bound_ratio']:.2f}x", flush=True)
     load_after = load_average()
     summary = {}
     for model, key in (("gru4rec", "events_per_s"), ("autoint", "samples_per_s")):
@@ -191,8 +196,108 @@ def compare(args) -> dict:
             "its whole fit call (set-up included), the seed only its timed steps / fit.",
         ],
         "data": data, "probe": probe, "load_before": load_before, "load_after": load_after,
-        "summary": summary, "runs": runs, "peak_rss_mib": peak_rss_mib(),
+        "summary": summary, "step_anatomy": anatomy, "runs": runs, "peak_rss_mib": peak_rss_mib(),
     }
+
+
+# -------------------------------------------------------------------- step anatomy
+def _cpu_ms_per_call(fn, calls: int, warmup: int = 2) -> float:
+    """CPU milliseconds of this process per call of fn (after untimed warm-up calls:
+    tracing); CPU time, because the wall clock of a shared machine is too noisy here."""
+    import tensorflow as tf
+
+    for _ in range(warmup):
+        out = fn()
+    started = time.process_time()
+    for _ in range(calls):
+        out = fn()
+    for t in tf.nest.flatten(out):  # wait for the last call's results
+        np.asarray(tf.convert_to_tensor(t))
+    return 1000 * (time.process_time() - started) / calls
+
+
+def step_anatomy(n_items: int, field_dims, calls: int = 12) -> dict:
+    """Where one training step's CPU time goes, ours beside the seed's, on random inputs
+    of the benchmark's shapes. For each model: a whole step of ours and of the seed
+    (train_on_batch), and the part of ours that the exact loss cannot avoid (GRU4Rec:
+    the full-softmax output layer's three GEMMs and cross-entropy, forward and backward;
+    AutoInt+: the embedding and the interacting layers, forward and backward).
+    `bound_ratio` = seed per event / that part per event: the speed-up over the seed if
+    all the rest of our step cost nothing."""
+    import keras
+    import tensorflow as tf
+
+    from recpipe.models.autoint import SEED000_CONFIG, build_autoint, compile_autoint
+    from recpipe.models.gru4rec import SEED002_CONFIG
+    from recpipe.models.gru4rec.network import _build_networks
+    from seed_loops import seed000_model, seed002_model
+
+    rng = np.random.default_rng(0)
+    cfg = SEED002_CONFIG
+    lanes, bptt, n = cfg.batch_size, cfg.bptt, cfg.batch_size * cfg.bptt
+    keras.utils.set_random_seed(0)
+    train_model, _ = _build_networks(n_items, cfg)
+    train_model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    items = rng.integers(0, n_items, (lanes, bptt)).astype(np.int32)
+    reset = (rng.random((lanes, bptt)) < 0.1).astype(np.float32)
+    targets = rng.integers(0, n_items, (lanes, bptt)).astype(np.int32)
+    weights = np.ones((lanes, bptt), np.float32)
+    ours_step = _cpu_ms_per_call(lambda: train_model.train_on_batch([items, reset], targets, sample_weight=weights),
+                                 calls)
+    h = tf.constant(rng.standard_normal((n, cfg.hidden)).astype(np.float32))
+    w = tf.Variable(rng.standard_normal((cfg.hidden, n_items)).astype(np.float32) * 0.05)
+    b = tf.Variable(np.zeros(n_items, np.float32))
+    t = tf.constant(targets.reshape(-1))
+
+    @tf.function
+    def output_layer():
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            logits = tf.matmul(h, w) + b
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(t, logits))
+        return tape.gradient(loss, [w, b, h])
+
+    ours_output = _cpu_ms_per_call(output_layer, calls)
+    seed = seed002_model(n_items)
+    x1 = np.expand_dims(keras.utils.to_categorical(items[:, 0], num_classes=n_items), axis=1)
+    y1 = keras.utils.to_categorical(targets[:, 0], num_classes=n_items)
+    seed_step = _cpu_ms_per_call(lambda: seed.train_on_batch(x1, y1), calls * 4)
+    gru = {"events_per_step": {"ours": n, "seed": lanes},
+           "cpu_ms_per_step": {"ours": ours_step, "ours_output_layer_only": ours_output, "seed": seed_step},
+           "cpu_us_per_event": {"ours": 1000 * ours_step / n, "ours_output_layer_only": 1000 * ours_output / n,
+                                "seed": 1000 * seed_step / lanes},
+           "output_layer_share_of_ours": ours_output / ours_step,
+           "bound_ratio": (seed_step / lanes) / (ours_output / n),
+           "step_ratio": (seed_step / lanes) / (ours_step / n)}
+
+    acfg, batch = SEED000_CONFIG, SEED000_CONFIG.batch_size
+    X = np.stack([rng.integers(0, int(d), batch) for d in field_dims], axis=1).astype(np.int32)
+    yb = (rng.random((batch, 1)) < 0.5).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    model = compile_autoint(build_autoint(field_dims, acfg), acfg, jit_compile=False)
+    ours_a = _cpu_ms_per_call(lambda: model.train_on_batch(X, yb), calls)
+    last = model.get_layer(f"interacting_{acfg.att_layers - 1}")
+    attention = keras.Model(model.inputs, last.output)
+    xt = tf.constant(X)
+
+    @tf.function
+    def interacting():
+        with tf.GradientTape() as tape:
+            out = attention(xt, training=True)
+            loss = tf.reduce_sum(out * out)
+        return tape.gradient(loss, attention.trainable_variables)
+
+    ours_att = _cpu_ms_per_call(interacting, calls)
+    seed_model = seed000_model(field_dims)
+    seed_a = _cpu_ms_per_call(lambda: seed_model.train_on_batch(X, yb), calls)
+    autoint = {"rows_per_step": batch,
+               "cpu_ms_per_step": {"ours": ours_a, "ours_embedding_and_interacting_only": ours_att, "seed": seed_a},
+               "interacting_share_of_ours": ours_att / ours_a,
+               "bound_ratio": seed_a / ours_att, "step_ratio": seed_a / ours_a}
+    return {"what": "CPU ms per training step (process CPU time, random inputs of the benchmark's shapes); "
+            "bound_ratio = seed per event / our unavoidable part per event",
+            "calls": calls, "load_1m_before": os.getloadavg()[0], "gru4rec": gru, "autoint": autoint}
 
 
 # -------------------------------------------------------------------------- profile
