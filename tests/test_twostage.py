@@ -16,7 +16,7 @@ from recpipe.artifacts import ArtifactIntegrityError
 from recpipe.plan import NightPlan, PlanError
 from recpipe.recommenders.autoint import score_catalogue
 from recpipe.recommenders.base import History, Store
-from recpipe.recommenders.twostage import SOURCES, candidates
+from recpipe.recommenders.twostage import FUSION_K, SOURCES, candidates, ranker_scores
 from recpipe.scoring import LoadedRun
 
 UTC = timezone.utc
@@ -83,16 +83,21 @@ def test_the_run_records_its_components_and_the_chosen_n(night):
     assert stats["train_until"] == plan.training_cutoff.isoformat()
     assert stats["validation_from"] == (plan.training_cutoff - timedelta(days=30)).isoformat()
     assert stats["validation_users"] > 0
+    # Every N with every combination of source weights was tried; the log keeps, per N,
+    # AutoInt+'s own order (weights 0) and the best fusion.
+    assert stats["combinations_tried"] == len(SIZES) * 4 ** len(SOURCES)
     log = stats["choice_log"]
-    assert [row["n"] for row in log] == SIZES
-    best = max(log, key=lambda row: (row["ndcg_at_10"], -row["n"]))
-    assert stats["n"] == best["n"] and stats["n"] in SIZES
+    assert sorted({row["n"] for row in log}) == SIZES
+    plain = [row for row in log if not any(row["weights"].values())]
+    assert [row["n"] for row in plain] == SIZES
+    best = max(log, key=lambda row: (row["ndcg_at_10"], -row["n"], -sum(row["weights"].values())))
+    assert (stats["n"], stats["weights"]) == (best["n"], best["weights"]) and stats["n"] in SIZES
     # More candidates per source can only add candidates.
-    per_user = [row["candidates_per_user"] for row in log]
+    per_user = [row["candidates_per_user"] for row in plain]
     assert per_user == sorted(per_user) and per_user[0] < per_user[-1]
     with run.open_artifact(settings) as bundle:
         stored = json.loads(bundle.read_text("twostage.json"))
-    assert stored["n"] == stats["n"]
+    assert (stored["n"], stored["weights"]) == (stats["n"], stats["weights"])
     assert run.metrics["training"]["seconds"] >= 0
 
 
@@ -115,9 +120,10 @@ def test_candidates_are_the_union_of_the_components_top_n_minus_seen(night):
     assert pool.groupby("user_id").size().max() < catalogue - 30, "candidates are a subset of the catalogue"
 
 
-def test_the_list_is_autoints_order_over_the_candidates(night):
+def test_with_source_weights_0_the_list_is_autoints_order_over_the_candidates(night):
     settings, engine, _, trained, store, history = night
     loaded = LoadedRun(store, runs.get(engine, trained["twostage"]))
+    loaded.model.weights = dict.fromkeys(SOURCES, 0.0)
     users = history.users[::3]
     lists = loaded.lists(history, users, 10)
     pool = candidates(loaded.model.sources, history, users, loaded.model.n)
@@ -136,6 +142,33 @@ def test_the_list_is_autoints_order_over_the_candidates(night):
     assert all(s == sorted(s, reverse=True) for s in scores)
     both = lists.merge(full, on=["user_id", "movie_id"], suffixes=("", "_full"))
     assert len(both) == len(lists) and np.allclose(both["score"], both["score_full"], atol=1e-5)
+
+
+def test_with_source_weights_the_list_is_the_reciprocal_rank_fusion(night):
+    settings, engine, _, trained, store, history = night
+    loaded = LoadedRun(store, runs.get(engine, trained["twostage"]))
+    weights = {"gru4rec": 0.5, "ease": 2.0, "popularity": 0.0}
+    loaded.model.weights = weights
+    users = history.users[::3]
+    lists = loaded.lists(history, users, 10)
+    pool = candidates(loaded.model.sources, history, users, loaded.model.n)
+    pool["autoint"] = ranker_scores(loaded.model.ranker, store, history, pool)
+    expected = {}
+    for user, rows in pool.groupby("user_id"):  # the fusion, written out per user
+        order = rows.sort_values(["autoint", "movie_id"], ascending=[False, True])["movie_id"].tolist()
+        fused = {}
+        for row in rows.itertuples():
+            fused[row.movie_id] = 1 / (FUSION_K + order.index(row.movie_id) + 1) + sum(
+                w / (FUSION_K + getattr(row, f"rank_{m}")) for m, w in weights.items()
+                if w and not np.isnan(getattr(row, f"rank_{m}")))
+        autoint = dict(zip(rows["movie_id"], rows["autoint"]))
+        expected[user] = sorted(fused, key=lambda m: (-fused[m], -autoint[m], m))[:10]
+    got = lists.sort_values(["user_id", "rank"]).groupby("user_id")["movie_id"].agg(list)
+    assert got.to_dict() == expected
+    plain = LoadedRun(store, runs.get(engine, trained["twostage"]))
+    plain.model.weights = dict.fromkeys(SOURCES, 0.0)
+    same = lists.merge(plain.lists(history, users, 10), on=["user_id", "rank", "movie_id"])
+    assert len(same) < len(lists), "the weights change some list"
 
 
 def test_a_component_replaced_since_is_refused(night):
@@ -161,6 +194,9 @@ def test_twostage_refuses_bad_candidate_sizes():
         with pytest.raises(ValueError, match="candidate_sizes"):
             recommender.make_config({"candidate_sizes": bad}, None)
     assert recommender.make_config(None, 3)["candidate_sizes"] == [20, 50, 100]  # epochs do not apply
+    for bad in ([], [-1.0], ["1"], [True], 1.0):
+        with pytest.raises(ValueError, match="source_weights"):
+            recommender.make_config({"source_weights": bad}, None)
 
 
 def test_the_nightly_publishes_twostage_lists(night):

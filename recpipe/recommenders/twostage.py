@@ -4,9 +4,12 @@ from AutoInt+.
 Stage 1: for each user, the union of the top-N unseen movies of the night's GRU4Rec,
 EASE and popularity runs (of the same phase: the gated runs for the gated run, the
 refits for the refit). Stage 2: AutoInt+ (the night's run) scores only those
-candidates, O(users x candidates) instead of O(users x catalogue), and its order is
-the list. Nothing is trained: `fit` only chooses N on a validation window before the
-training end and records it with the component runs' ids and artifact checksums.
+candidates, O(users x candidates) instead of O(users x catalogue). The list is the
+candidates ordered by reciprocal-rank fusion of AutoInt+'s rank with each source's
+rank: sum of w / (60 + rank) over AutoInt+ (w = 1) and the sources (w chosen; all
+sources at 0 is AutoInt+'s own order). Nothing is trained: `fit` only chooses N and
+the source weights on a validation window before the training end and records them
+with the component runs' ids and artifact checksums.
 
 The components were trained on the validation window too (they are the night's runs,
 never retrained), so the choice of N is made on data they saw; it never sees the
@@ -14,6 +17,7 @@ evaluation window.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -29,8 +33,10 @@ from recpipe.recommenders.base import Fitted, History, Store, empty_lists, merge
 MODEL_FILE = "twostage.json"
 SOURCES = ("gru4rec", "ease", "popularity")  # stage 1: candidate generators
 RANKER = "autoint"  # stage 2
+FUSION_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009): damps the head's weight
 DEFAULTS = {
     "candidate_sizes": [20, 50, 100],  # N per source, chosen on validation
+    "source_weights": [0.0, 0.5, 1.0, 2.0],  # each source's fusion weight, chosen on validation
     "validation_days": 30,
     "validation_users": 2000,  # at most this many users (every n-th) judge the choice: it stays cheap
     "min_rating": 4,  # validation positives
@@ -42,6 +48,7 @@ class TwoStage:
     n: int
     sources: dict  # name -> recpipe.scoring.LoadedRun
     ranker: object  # LoadedRun of AutoInt+
+    weights: dict  # source name -> fusion weight (all 0: AutoInt+'s order)
 
 
 def _positive_int(name: str, key: str, value, low: int = 1) -> int:
@@ -60,6 +67,10 @@ class TwoStageRecommender:
             raise ValueError(f"twostage candidate_sizes must be a non-empty list, got {sizes!r}")
         for size in sizes:
             _positive_int(self.name, "candidate_sizes entry", size, LIST_LENGTH)
+        weights = config["source_weights"]
+        if (not isinstance(weights, list) or not weights
+                or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
+            raise ValueError(f"twostage source_weights must be a non-empty list of numbers >= 0, got {weights!r}")
         for key in ("validation_days", "validation_users", "min_rating"):
             _positive_int(self.name, key, config[key])
         return config
@@ -89,8 +100,8 @@ class TwoStageRecommender:
                  "validation_users": int(len(users)), "validation_positives": int(len(positives)),
                  "components": {m: {"run_id": r.run_id, "phase": r.phase, "artifact_sha256": r.artifact_sha256}
                                 for m, r in components.items()}}
-        return TwoStage(max(config["candidate_sizes"]), {m: loaded[m] for m in SOURCES}, loaded[RANKER]), \
-            history, users, positives, store, stats
+        return TwoStage(max(config["candidate_sizes"]), {m: loaded[m] for m in SOURCES}, loaded[RANKER],
+                        dict.fromkeys(SOURCES, 0.0)), history, users, positives, store, stats
 
     def fit(self, data, config: dict, out_dir: Path, verbose: int | None = None) -> Fitted:
         from recpipe.evaluation.metrics import ranking_metrics
@@ -98,30 +109,43 @@ class TwoStageRecommender:
         model, history, users, positives, store, stats = data
         started = time.perf_counter()
         sizes = sorted(set(config["candidate_sizes"]))
-        choice_log = []
-        if len(users) and len(sizes) > 1:
+        grid = [dict(zip(SOURCES, combo))
+                for combo in itertools.product(sorted(set(map(float, config["source_weights"]))), repeat=len(SOURCES))]
+        tried = []
+        if len(users) and (len(sizes) > 1 or len(grid) > 1):
             # One pass at the largest N: a smaller N's candidates are a prefix of each source's list.
             pool = candidates(model.sources, history, users, max(sizes))
             pool = pool.assign(score=ranker_scores(model.ranker, store, history, pool))
             catalogue = len(store.movies())
             for n in sizes:
-                top = rerank(pool[pool["source_rank"] <= n], LIST_LENGTH)
-                metrics = ranking_metrics(top, positives, catalogue, LIST_LENGTH)
-                recall = _candidate_recall(pool[pool["source_rank"] <= n], positives)
-                choice_log.append({"n": n, **{k: metrics[k] for k in (f"ndcg_at_{LIST_LENGTH}",
-                                                                     f"recall_at_{LIST_LENGTH}")},
-                                   "candidates_per_user": float(pool[pool["source_rank"] <= n]
-                                                                .groupby("user_id").size().mean()),
-                                   "candidate_recall": recall})
-            # best NDCG; a tie goes to the smaller N (cheaper to score)
-            chosen = max(choice_log, key=lambda row: (row[f"ndcg_at_{LIST_LENGTH}"], -row["n"]))["n"]
+                subset = _top_n(pool, n)
+                for weights in grid:
+                    metrics = ranking_metrics(rerank(subset, LIST_LENGTH, weights), positives, catalogue, LIST_LENGTH)
+                    tried.append({"n": n, "weights": weights,
+                                  **{key: metrics[key] for key in (f"ndcg_at_{LIST_LENGTH}", f"recall_at_{LIST_LENGTH}")},
+                                  "candidates_per_user": float(subset.groupby("user_id").size().mean()),
+                                  "candidate_recall": _candidate_recall(subset, positives)})
+            # best NDCG; a tie goes to the smaller N (cheaper to score), then to smaller weights
+            best = max(tried, key=lambda row: (row[f"ndcg_at_{LIST_LENGTH}"], -row["n"], -sum(row["weights"].values())))
+            chosen, weights = best["n"], best["weights"]
             reason = f"best NDCG@{LIST_LENGTH} on the {config['validation_days']}-day validation window"
         else:
             chosen = sizes[-1] if len(users) == 0 else sizes[0]
-            reason = "a single candidate size" if len(users) else "no validation users: the largest candidate size"
-        Path(out_dir, MODEL_FILE).write_text(json.dumps({"n": chosen, "sources": list(SOURCES), "ranker": RANKER,
+            weights = dict.fromkeys(SOURCES, 0.0)
+            reason = "a single candidate size and weight" if len(users) else \
+                "no validation users: the largest candidate size, AutoInt+'s order"
+        # The log keeps, per N, AutoInt+'s own order and the best fusion (the whole grid is long).
+        choice_log = []
+        for n in sizes:
+            rows = [row for row in tried if row["n"] == n]
+            if rows:
+                plain = next(row for row in rows if not any(row["weights"].values()))
+                choice_log += [plain, max(rows, key=lambda row: row[f"ndcg_at_{LIST_LENGTH}"])]
+        Path(out_dir, MODEL_FILE).write_text(json.dumps({"n": chosen, "weights": weights, "fusion_k": FUSION_K,
+                                                         "sources": list(SOURCES), "ranker": RANKER,
                                                          "components": stats["components"]}, indent=2))
-        stats = {**stats, "n": chosen, "chosen_because": reason, "choice_log": choice_log}
+        stats = {**stats, "n": chosen, "weights": weights, "chosen_because": reason, "choice_log": choice_log,
+                 "combinations_tried": len(tried)}
         return Fitted(stats, {"seconds": round(time.perf_counter() - started, 2)}, {"validation_users": len(users)})
 
     def load(self, bundle, run, store: Store) -> TwoStage:
@@ -140,26 +164,31 @@ class TwoStageRecommender:
                     f" it was built (artifact {component.artifact_sha256}, recorded {recorded['artifact_sha256']});"
                     " refusing to serve it: retrain twostage for the night")
             loaded[model] = LoadedRun(store, component)
-        return TwoStage(int(spec["n"]), {m: loaded[m] for m in spec["sources"]}, loaded[spec["ranker"]])
+        # Bundles written before fusion hold no weights: AutoInt+'s order, as they were built.
+        weights = {m: float(w) for m, w in spec.get("weights", dict.fromkeys(spec["sources"], 0.0)).items()}
+        return TwoStage(int(spec["n"]), {m: loaded[m] for m in spec["sources"]}, loaded[spec["ranker"]], weights)
 
     def recommend(self, model: TwoStage, store: Store, history: History, user_ids, k: int) -> pd.DataFrame:
         pool = candidates(model.sources, history, user_ids, model.n)
         if pool.empty:
             return empty_lists()
         pool = pool.assign(score=ranker_scores(model.ranker, store, history, pool))
-        return rerank(pool, k)
+        return rerank(pool, k, model.weights)
 
     def extra_metrics(self, model, store: Store, holdout) -> dict:
         return {}
 
 
 def candidates(sources: dict, history: History, user_ids, n: int) -> pd.DataFrame:
-    """DataFrame[user_id, movie_id, source_rank]: the union of each source's top-n unseen
-    movies per user; source_rank is the movie's best rank among the sources."""
+    """DataFrame[user_id, movie_id, source_rank, rank_<source>...]: the union of each
+    source's top-n unseen movies per user; source_rank is the movie's best rank among the
+    sources, rank_<source> its rank in that source's list (NaN when not in it)."""
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    frames = [loaded.lists(history, user_ids, n)[["user_id", "movie_id", "rank"]] for loaded in sources.values()]
-    pool = pd.concat(frames, ignore_index=True).astype(np.int64)
-    pool = pool.groupby(["user_id", "movie_id"], as_index=False, sort=False)["rank"].min()
+    frames = [loaded.lists(history, user_ids, n)[["user_id", "movie_id", "rank"]].astype(np.int64)
+              .rename(columns={"rank": f"rank_{name}"}).set_index(["user_id", "movie_id"])
+              for name, loaded in sources.items()]
+    pool = pd.concat(frames, axis=1, join="outer").astype(np.float64).reset_index()
+    pool["rank"] = pool[[f"rank_{name}" for name in sources]].min(axis=1).astype(np.int64)
     # The sources exclude seen movies already; the union is filtered again so no source can leak one.
     seen = history.ratings[["user_id", "movie_id"]].drop_duplicates().assign(_seen=True)
     pool = pool.merge(seen, on=["user_id", "movie_id"], how="left")
@@ -175,15 +204,36 @@ def ranker_scores(ranker, store: Store, history: History, pairs: pd.DataFrame) -
     return score_pairs(network, encoders, store.users(), store.movies(), pairs, history.as_of)
 
 
-def rerank(pool: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Each user's k best candidates by score (ties: movie_id ascending), as lists."""
+def rerank(pool: pd.DataFrame, k: int, weights: dict | None = None) -> pd.DataFrame:
+    """Each user's k best candidates, as lists: by AutoInt+'s score, or with source weights
+    by the fused score sum(w / (FUSION_K + rank)) over AutoInt+'s rank (w = 1) and each
+    source's rank (ties: AutoInt+'s score, then movie_id ascending). The list's score is
+    the one it is ordered by."""
     pool = pool[np.isfinite(pool["score"].to_numpy(np.float64))]
-    ordered = pool.sort_values(["user_id", "score", "movie_id"], ascending=[True, False, True], kind="stable")
+    if weights and any(weights.values()):
+        ranker_rank = pool.groupby("user_id")["score"].rank(method="first", ascending=False).to_numpy()
+        fused = 1.0 / (FUSION_K + ranker_rank)
+        for name, weight in weights.items():
+            if weight:
+                fused += weight * np.nan_to_num(1.0 / (FUSION_K + pool[f"rank_{name}"].to_numpy(np.float64)))
+        pool = pool.assign(ranker_score=pool["score"], score=fused)
+        ordered = pool.sort_values(["user_id", "score", "ranker_score", "movie_id"],
+                                   ascending=[True, False, False, True], kind="stable")
+    else:
+        ordered = pool.sort_values(["user_id", "score", "movie_id"], ascending=[True, False, True], kind="stable")
     ranks = ordered.groupby("user_id", sort=False).cumcount() + 1
     top = ordered[ranks.to_numpy() <= k].assign(rank=ranks[ranks <= k].to_numpy())
     return pd.DataFrame({"user_id": top["user_id"].to_numpy(np.int64), "rank": top["rank"].to_numpy(np.int64),
                          "movie_id": top["movie_id"].to_numpy(np.int64),
                          "score": top["score"].to_numpy(np.float64)})
+
+
+def _top_n(pool: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The candidates of a pool built at a larger N that the sources' top-n give, as
+    candidates(..., n) would: a source rank beyond n is no rank at all."""
+    subset = pool[pool["source_rank"] <= n]
+    ranks = [c for c in subset.columns if c.startswith("rank_")]
+    return subset.assign(**{c: subset[c].where(subset[c] <= n) for c in ranks})
 
 
 def _candidate_recall(pool: pd.DataFrame, positives: pd.DataFrame) -> float:
