@@ -429,6 +429,31 @@ class Bench:
             print(f"growth {stage}: " + ", ".join(f"{l} {g['growth']}x" for l, g in by.items()))
 
 
+def merge(into: str, others: list[str]) -> None:
+    """Copy the sizes of other result files (runs of other sizes, e.g. started side by side)
+    into bench/results/<into>.json, keeping each run's probe and load, and recompute the growth."""
+    path = RESULTS / f"{into}.json"
+    payload = json.loads(path.read_text())
+    runs = payload.setdefault("runs", {into: {k: payload.get(k) for k in
+                                              ("started_at", "probe_before", "probe_after", "load_before",
+                                               "load_after", "finished", "command")}})
+    for name in others:
+        other = json.loads((RESULTS / f"{name}.json").read_text())
+        runs[name] = {k: other.get(k) for k in ("started_at", "probe_before", "probe_after", "load_before",
+                                                "load_after", "finished", "command")}
+        for label, entry in other["sizes"].items():
+            payload["sizes"][label] = {**entry, "from_run": name}
+    payload["merged_note"] = ("sizes come from separate runs (see runs, each size's from_run) that may have run at"
+                              " the same time on the shared cores: a growth ratio carries the load difference")
+    order = sorted(payload["sizes"], key=lambda label: payload["sizes"][label]["ratings"])
+    payload["sizes"] = {label: payload["sizes"][label] for label in order}
+    bench = Bench.__new__(Bench)
+    bench.payload, bench.path = payload, path
+    bench.save()
+    bench.print_table()
+    print(f"merged {', '.join(others)} into {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1M,5M,25M", help="ratings per size, comma-separated (1M, 5M, 25M)")
@@ -442,6 +467,7 @@ def main() -> None:
                         help="sizes whose ingest is profiled (cProfile, a second database) when over the ratio goal")
     parser.add_argument("--gate", dest="open_gate", choices=["open", "configured"], default="open",
                         help="open: every model is published (default); configured: recpipe/gate.yaml decides")
+    parser.add_argument("--merge", help="NAME,OTHER[,...]: merge results OTHER into NAME (no run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -453,6 +479,10 @@ def main() -> None:
             traceback.print_exc()
             code = 1
         sys.exit(code)
+    if args.merge:
+        into, *others = args.merge.split(",")
+        merge(into, others)
+        return
     args.open_gate = args.open_gate == "open"
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.profile_ingest = [s.strip().upper() for s in args.profile_ingest.split(",")] if args.profile_ingest else []
