@@ -142,3 +142,36 @@ def test_choosers_pick_the_best_logged_candidate(data):
     cfgs = [itemknn.ItemKNNConfig(neighbours=n) for n in (1, 10)]
     kmodel, cfg, klog = itemknn.choose_config(train, held, cfgs)
     assert cfg == max(zip(cfgs, klog), key=lambda p: p[1]["ndcg@10"])[0] and kmodel.config == cfg
+
+
+def test_item_budget_keeps_the_most_popular_items_and_drops_the_rest():
+    # positives: A=10 by 3 users, B=20 by 2, C=30 by 2 (tie with B: lower id wins), D=40 by 1
+    rows = [(1, 10, 5), (2, 10, 5), (3, 10, 5), (1, 20, 4), (2, 20, 4), (3, 30, 4), (4, 30, 4), (4, 40, 4),
+            (4, 50, 2)]
+    df = pd.DataFrame(rows, columns=["user_id", "movie_id", "rating"])
+    for fitted in (ease.fit(df, ease.EASEConfig(lambda_=1.0, max_items=2)),
+                   itemknn.fit(df, itemknn.ItemKNNConfig(neighbours=5, max_items=2))):
+        assert fitted.movie_ids.tolist() == [10, 20]
+        assert fitted.scores([[10, 30, 40]]).shape == (1, 2)  # unknown history items are skipped
+    # a budget at or above the catalogue changes nothing
+    full = ease.fit(df, ease.EASEConfig(lambda_=1.0))
+    same = ease.fit(df, ease.EASEConfig(lambda_=1.0, max_items=4))
+    assert same.movie_ids.tolist() == full.movie_ids.tolist() == [10, 20, 30, 40]
+    np.testing.assert_array_equal(same.B, full.B)
+    # the budget is saved with the model
+    kept = ease.fit(df, ease.EASEConfig(lambda_=1.0, max_items=3))
+    assert kept.movie_ids.tolist() == [10, 20, 30]
+
+
+def test_item_budget_is_in_the_nightly_config_and_validated():
+    from recpipe.recommenders.ease import RECOMMENDER as EASE
+    from recpipe.recommenders.itemknn import RECOMMENDER as KNN
+
+    for rec in (EASE, KNN):
+        config = rec.make_config(None, None)
+        assert config["max_items"] >= 3883  # ML-1M's catalogue is kept whole
+        assert {c.max_items for c in rec.candidates(config)} == {config["max_items"]}
+        assert {c.max_items for c in rec.candidates(rec.make_config({"max_items": None}, None))} == {None}
+        for bad in (0, -5, 2.5, True, "10"):
+            with pytest.raises(ValueError, match="max_items"):
+                rec.make_config({"max_items": bad}, None)

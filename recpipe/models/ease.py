@@ -24,6 +24,10 @@ import scipy.sparse as sp
 class EASEConfig:
     lambda_: float = 500.0  # L2 weight on B
     min_rating: int = 4  # ratings >= this are the positives of X
+    # Item budget: only the max_items most popular items (by positives) get a column.
+    # B is dense items x items and the fit holds ~3 float64 copies: 24 * n^2 bytes
+    # (10k items: 2.4 GB); None keeps every item.
+    max_items: int | None = None
 
 
 # ------------------------------------------------------------------ shared helpers
@@ -41,10 +45,23 @@ def encode(movie_ids: np.ndarray, items) -> np.ndarray:
     return np.where(movie_ids[pos] == items, pos, -1)
 
 
-def positives_matrix(interactions: pd.DataFrame, min_rating: int):
-    """(X csr [users, items] binary float32, movie_ids) of the rows with rating >= min_rating."""
+def budget_items(movie_ids, max_items: int | None) -> np.ndarray:
+    """Sorted ids of the `max_items` most frequent ids in `movie_ids` (one id per positive;
+    ties: lower id first); every id when the budget is None or not exceeded."""
+    ids, counts = np.unique(np.asarray(movie_ids, dtype=np.int64), return_counts=True)
+    if max_items is None or len(ids) <= max_items:
+        return ids
+    keep = np.lexsort((ids, -counts))[:max_items]
+    return np.sort(ids[keep])
+
+
+def positives_matrix(interactions: pd.DataFrame, min_rating: int, max_items: int | None = None):
+    """(X csr [users, items] binary float32, movie_ids) of the rows with rating >= min_rating;
+    with `max_items`, only the most popular items' columns (budget_items)."""
     pos = interactions[interactions["rating"] >= min_rating]
-    movie_ids = item_index(pos["movie_id"].to_numpy())
+    movie_ids = budget_items(pos["movie_id"].to_numpy(), max_items)
+    if max_items is not None and len(movie_ids) == max_items:
+        pos = pos[pos["movie_id"].isin(movie_ids)]
     users, rows = np.unique(pos["user_id"].to_numpy(), return_inverse=True)
     cols = encode(movie_ids, pos["movie_id"].to_numpy())
     x = sp.csr_matrix((np.ones(len(pos), np.float32), (rows, cols)), shape=(len(users), len(movie_ids)))
@@ -182,7 +199,7 @@ class EASEModel:
 
 def fit(interactions: pd.DataFrame, config: EASEConfig = EASEConfig()) -> EASEModel:
     """interactions: user_id, movie_id, rating (one row per rating)."""
-    x, movie_ids = positives_matrix(interactions, config.min_rating)
+    x, movie_ids = positives_matrix(interactions, config.min_rating, config.max_items)
     gram = (x.T @ x).toarray().astype(np.float64)
     gram[np.diag_indices_from(gram)] += config.lambda_
     p = np.linalg.inv(gram)
@@ -192,8 +209,9 @@ def fit(interactions: pd.DataFrame, config: EASEConfig = EASEConfig()) -> EASEMo
 
 
 def choose_lambda(train: pd.DataFrame, validation: pd.DataFrame, candidates: Iterable[float],
-                  min_rating: int = 4, k: int = 10):
+                  min_rating: int = 4, k: int = 10, max_items: int | None = None):
     """Best lambda by NDCG@k on `validation` (user_id, movie_id, rating), fitting on `train`.
     Returns (model, lambda, log of {candidate, ndcg@k})."""
-    return choose(lambda tr, lam: fit(tr, EASEConfig(lambda_=float(lam), min_rating=min_rating)),
+    return choose(lambda tr, lam: fit(tr, EASEConfig(lambda_=float(lam), min_rating=min_rating,
+                                                     max_items=max_items)),
                   list(candidates), train, validation, k=k)

@@ -24,6 +24,9 @@ class ItemKNNConfig:
     neighbours: int = 100  # kept per item
     shrinkage: float = 0.0  # added to the cosine denominator: damps pairs of rare items
     min_rating: int = 4
+    # Item budget: only the max_items most popular items get a column; the fit's time
+    # grows with items^2 (memory is items x block); None keeps every item.
+    max_items: int | None = None
 
 
 class ItemKNNModel:
@@ -57,7 +60,7 @@ class ItemKNNModel:
 def fit(interactions: pd.DataFrame, config: ItemKNNConfig = ItemKNNConfig(),
         block: int = 1024) -> ItemKNNModel:
     """interactions: user_id, movie_id, rating (one row per rating)."""
-    x, movie_ids = positives_matrix(interactions, config.min_rating)
+    x, movie_ids = positives_matrix(interactions, config.min_rating, config.max_items)
     xc = x.tocsc()
     norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
     n = len(movie_ids)

@@ -46,10 +46,16 @@ class ItemItemRecommender:
             reason = "the first candidate: the validation window has no positives of known users"
         model = self.fit_model(ratings, chosen)  # refit on everything before the cutoff
         model.save(out_dir)
+        positives = ratings.loc[ratings["rating"] >= config["min_rating"], "movie_id"]
+        budget = {"max_items": config["max_items"], "items_kept": int(len(model.movie_ids)),
+                  "items_with_positives": int(positives.nunique()),
+                  "positives_kept_share": float(positives.isin(model.movie_ids).mean()) if len(positives) else 1.0}
         stats = {"train_until": train_until.isoformat(), "ratings": int(len(ratings)),
                  "items": int(len(model.movie_ids)), "chosen": asdict(chosen), "chosen_because": reason,
-                 "choice_log": choice_log, "validation_users": int(validation["user_id"].nunique())}
-        return Fitted(stats, {"seconds": round(time.perf_counter() - started, 2)}, {"items": len(model.movie_ids)})
+                 "choice_log": choice_log, "validation_users": int(validation["user_id"].nunique()),
+                 "item_budget": budget}
+        return Fitted(stats, {"seconds": round(time.perf_counter() - started, 2), **budget},
+                      {"items": len(model.movie_ids)})
 
     def load(self, bundle, run, store: Store):
         return self.model_class.load(bundle.path(f"{self.name}.npz").parent)

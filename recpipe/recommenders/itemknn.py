@@ -10,8 +10,10 @@ from recpipe.recommenders.item_item import ItemItemRecommender
 
 class ItemKNNRecommender(ItemItemRecommender):
     name = "itemknn"
+    # max_items: the item budget (ItemKNNConfig): the fit's time grows with items^2;
+    # ML-1M's 3.7k movies are all kept; null keeps every item.
     DEFAULTS = {"neighbours_candidates": [50, 200], "shrinkage_candidates": [0.0, 10.0], "min_rating": 4,
-                "validation_days": 30}
+                "validation_days": 30, "max_items": 20_000}
     model_class = ItemKNNModel
 
     def make_config(self, overrides, epochs) -> dict:
@@ -25,7 +27,8 @@ class ItemKNNRecommender(ItemItemRecommender):
         return config
 
     def candidates(self, config: dict) -> list[ItemKNNConfig]:
-        return [ItemKNNConfig(neighbours=int(n), shrinkage=float(s), min_rating=config["min_rating"])
+        return [ItemKNNConfig(neighbours=int(n), shrinkage=float(s), min_rating=config["min_rating"],
+                              max_items=config["max_items"])
                 for n in config["neighbours_candidates"] for s in config["shrinkage_candidates"]]
 
     def fit_model(self, ratings, candidate: ItemKNNConfig):
