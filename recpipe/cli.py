@@ -188,6 +188,8 @@ def cmd_evaluate(args, settings: Settings) -> int:
     models = list(registry.names()) if args.model == "all" else [args.model]
     if args.protocol == "production":
         return _evaluate_production(args, settings, models)
+    if args.protocol == "loo":
+        return _evaluate_loo(args, settings)
     from recpipe.db import read_movies, read_ratings, read_users
 
     engine = _engine(settings)
@@ -220,6 +222,22 @@ def cmd_evaluate(args, settings: Settings) -> int:
     _write_out(args.out, {"protocol": args.protocol, "config": args.config, **results})
     _print(results, args.json, json.dumps(results, indent=2, default=str) + f"\nstored in {out_dir}")
     return 0
+
+
+def _evaluate_loo(args, settings: Settings) -> int:
+    """RecBole's ML-1M sequential protocol, read straight from the source's ratings.dat
+    (it needs no database: the split is the whole file's)."""
+    from recpipe.evaluation import loo
+    from recpipe.source import check_source_dir
+
+    folder = check_source_dir(settings.source_dir)
+    out = args.out or settings.artifacts_dir / "eval" / f"loo_{datetime.now():%Y%m%dT%H%M%S}" / "metrics.json"
+    argv = ["--data", str(folder), "--out", str(out)]
+    if args.model != "all":
+        if args.model not in loo.MODELS:
+            raise SystemExit(f"the loo protocol evaluates {', '.join(loo.MODELS)}, not {args.model}")
+        argv += ["--models", args.model]
+    return loo.main(argv)
 
 
 def _evaluate_production(args, settings: Settings, models: list[str]) -> int:
@@ -440,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="train what a protocol needs and print its metrics")
-    p.add_argument("--protocol", choices=["production", "seed000", "seed002"], default="production")
+    p.add_argument("--protocol", choices=["production", "seed000", "seed002", "loo"], default="production")
     p.add_argument("--model", choices=[*registry.names(), "all"], default="all")
     p.add_argument("--cutoff", type=parse_time, help="production: the time cutoff T (default 2000-12-01)")
     p.add_argument("--window", type=parse_duration, help="production: the test window after T (default 365d)")

@@ -126,3 +126,17 @@ def test_cli_writes_table_and_json(synth, tmp_path, capsys):
     assert "test NDCG@10" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         loo.main(["--data", str(src), "--models", "sasrec"])
+
+
+def test_recpipe_evaluate_runs_the_protocol(synth, tmp_path, monkeypatch, capsys):
+    from recpipe import cli
+
+    src, _ = synth
+    monkeypatch.setenv("RECPIPE_SOURCE_DIR", str(src))
+    monkeypatch.setenv("RECPIPE_HOME", str(tmp_path / "home"))
+    out = tmp_path / "loo.json"
+    assert cli.main(["evaluate", "--protocol", "loo", "--model", "popularity", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"popularity"} and res["split"]["test_targets"] == 150
+    with pytest.raises(SystemExit, match="not autoint"):
+        cli.main(["evaluate", "--protocol", "loo", "--model", "autoint", "--out", str(out)])

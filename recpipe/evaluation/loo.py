@@ -41,6 +41,7 @@ from recpipe.models import ease as ease_model
 from recpipe.models import itemknn as knn_model
 
 K = 10
+MODELS = ("popularity", "ease", "itemknn", "gru4rec")  # what the protocol reports
 MIN_RATING = 3
 PROTOCOL = ("loo: ratings>=3, per-user sequences by (ts, line), last item test, previous "
             "validation; all items ranked, the target's history masked, ties against the model")
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, required=True, help="folder with ratings.dat (ML-1M)")
     p.add_argument("--out", type=Path, default=Path("eval/loo.json"))
-    p.add_argument("--models", default="popularity,ease,itemknn,gru4rec")
+    p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--ease-lambdas", default=",".join(map(str, EASE_LAMBDAS)))
     p.add_argument("--gru-configs", type=Path, default=None,
                    help="JSON list of GRU4RecConfig override dicts (default: the searched list)")
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = set(models) - {"popularity", "ease", "itemknn", "gru4rec"}
+    unknown = set(models) - set(MODELS)
     if unknown:
         p.error(f"unknown models: {sorted(unknown)}")
     t0 = time.perf_counter()
