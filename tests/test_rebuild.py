@@ -120,6 +120,20 @@ def test_rebuilds_as_of_use_no_later_rating(engine, settings):
     assert sets["latest"].groupby("user_id")["session_id"].nunique().max() == 1
 
 
+def test_encoders_from_distinct_keys_equal_encoders_from_every_rating(engine, settings):
+    """build_encodings fits on each distinct user, movie and month (not one row per
+    rating): the vocabularies must be the ones every rating's fields give."""
+    from recpipe.db import read_movies, read_ratings, read_users
+
+    ingest(engine, settings.source_dir)
+    cut = datetime(2000, 10, 1, tzinfo=UTC)
+    by_row = FieldEncoders().fit(derive_fields(read_ratings(engine, before=cut), read_movies(engine), read_users(engine)))
+    built = load_encodings(engine, settings, build_encodings(engine, settings, cut).artifact_id)
+    assert built.fields == by_row.fields and built.field_dims == by_row.field_dims
+    assert built.vocabularies == by_row.vocabularies
+    assert built.rows_fitted == by_row.rows_fitted
+
+
 def test_session_rebuild_is_idempotent(engine, settings):
     ingest(engine, settings.source_dir)
     as_of = datetime(2000, 12, 31, tzinfo=UTC)
