@@ -162,8 +162,8 @@ def copy_frame(conn: sa.Connection, table: str, frame, columns: list[str]) -> in
     """COPY a DataFrame into `table` as CSV (\\N for missing)."""
     import io
 
-    buf = io.StringIO()
-    frame[columns].to_csv(buf, header=False, index=False, na_rep="\\N")
+    buf = io.BytesIO()  # bytes: a StringIO of ASCII text can hold 4 bytes per character
+    frame[columns].to_csv(buf, header=False, index=False, na_rep="\\N", encoding="utf-8")
     buf.seek(0)
     with raw_cursor(conn) as cur:
         cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf)
@@ -178,7 +178,7 @@ def read_frame(conn: sa.Connection, query: str, params: dict | None = None, dtyp
 
     with raw_cursor(conn) as cur:
         sql = cur.mogrify(query, params or {}).decode()
-        buf = io.StringIO()
+        buf = io.BytesIO()  # bytes: a StringIO of ASCII text can hold 4 bytes per character
         cur.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER true)", buf)
     buf.seek(0)
     return pd.read_csv(buf, dtype=dtype)
