@@ -105,3 +105,14 @@ def test_exclusion_matrix_drops_unknown():
     mask = exclusion_matrix(np.array([0, 0, 1]), np.array([2, -1, 0]), (2, 3))
     assert isinstance(mask, sp.csr_matrix) and mask.nnz == 2
     assert pd.DataFrame(mask.toarray()).values.tolist() == [[False, False, True], [True, False, False]]
+
+
+def test_chunk_users_setting():
+    from recpipe.config import Settings
+    from recpipe.models.topk import DEFAULT_CHUNK_USERS
+
+    assert Settings.from_env({}).chunk_users == Settings().chunk_users == DEFAULT_CHUNK_USERS
+    assert Settings.from_env({"RECPIPE_CHUNK_USERS": "64"}).chunk_users == 64
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(ValueError, match="RECPIPE_CHUNK_USERS"):
+            Settings.from_env({"RECPIPE_CHUNK_USERS": bad})

@@ -147,7 +147,7 @@ class GRU4RecRecommender:
     def recommend(self, model, store: Store, history: History, user_ids, k: int) -> pd.DataFrame:
         network, session_params, serving = model
         histories = serving_histories(network, history.ratings, session_params, serving, user_ids)
-        return score_top_k(network, histories, history.seen, k=k)
+        return score_top_k(network, histories, history.seen, k=k, batch_size=store.settings.chunk_users)
 
     def extra_metrics(self, model, store: Store, holdout) -> dict:
         return {}
