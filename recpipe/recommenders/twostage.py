@@ -195,19 +195,28 @@ def candidates(sources: dict, history: History, user_ids, n: int) -> pd.DataFram
             for name, frame in lists.items()}
     pool = np.unique(np.concatenate([np.zeros(0, np.int64), *keys.values()]))  # sorted: user, then movie
     # The sources exclude seen movies already; the union is filtered again so no source can leak one.
-    seen_keys = seen["user_id"].to_numpy(np.int64) * width + seen["movie_id"].to_numpy(np.int64)
-    pool = pool[~np.isin(pool, seen_keys)]
+    # A search of the seen keys in the sorted pool: no sort of the (much longer) seen side.
+    at, found = _find(pool, seen["user_id"].to_numpy(np.int64) * width + seen["movie_id"].to_numpy(np.int64))
+    unseen = np.ones(len(pool), bool)
+    unseen[at[found]] = False
+    pool = pool[unseen]
     columns = {"user_id": pool // width, "movie_id": pool % width}
     for name, frame in lists.items():
         rank = np.full(len(pool), np.nan)
-        at = np.searchsorted(pool, keys[name])
-        found = (at < len(pool)) & (pool[np.minimum(at, len(pool) - 1)] == keys[name]) if len(pool) else \
-            np.zeros(len(at), bool)
+        at, found = _find(pool, keys[name])
         rank[at[found]] = frame["rank"].to_numpy(np.float64)[found]
         columns[f"rank_{name}"] = rank
     ranks = np.column_stack([columns[f"rank_{name}"] for name in lists]) if lists else np.zeros((len(pool), 0))
     columns["source_rank"] = np.nanmin(ranks, axis=1).astype(np.int64) if len(pool) else np.zeros(0, np.int64)
     return pd.DataFrame(columns)
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in sorted_keys, whether it is there) of each key."""
+    at = np.searchsorted(sorted_keys, keys)
+    found = at < len(sorted_keys)
+    found[found] = sorted_keys[at[found]] == keys[found]
+    return at, found
 
 
 def ranker_scores(ranker, store: Store, history: History, pairs: pd.DataFrame) -> np.ndarray:
