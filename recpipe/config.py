@@ -48,6 +48,14 @@ def _deadline(text: str | None, default: timedelta) -> timedelta:
     return value
 
 
+def _chunk_users(text: str | None, default: int) -> int:
+    if not text:
+        return default
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"RECPIPE_CHUNK_USERS={text!r}: a whole number of users >= 1")
+    return int(text)
+
+
 SOURCE_FORMATS = ("auto", "ml-1m", "ml-25m", "ml-32m", "generic")  # recpipe.formats.FORMATS
 
 
@@ -90,6 +98,9 @@ class Settings:
     ratings_asset_uri: str | None = None
     # A night's lists must be published by its UTC midnight plus this (recpipe_deadline alerts otherwise).
     publish_deadline: timedelta = timedelta(hours=6)
+    # Users scored at once by EASE, item-kNN and GRU4Rec: their memory is this x catalogue
+    # (recpipe.models.topk.DEFAULT_CHUNK_USERS, which models use when called directly).
+    chunk_users: int = 512
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -118,6 +129,7 @@ class Settings:
             epochs=int(env["RECPIPE_EPOCHS"]) if env.get("RECPIPE_EPOCHS") else None,
             ratings_asset_uri=env.get("RECPIPE_RATINGS_ASSET_URI") or None,
             publish_deadline=_deadline(env.get("RECPIPE_PUBLISH_DEADLINE"), defaults.publish_deadline),
+            chunk_users=_chunk_users(env.get("RECPIPE_CHUNK_USERS"), defaults.chunk_users),
         )
 
     def with_(self, **changes) -> "Settings":

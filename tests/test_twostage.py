@@ -260,3 +260,31 @@ def test_a_twostage_refit_uses_only_component_refits_that_passed_their_checks(ni
     built = runs.get(engine, refit["run_id"]).data_stats["components"]
     assert {m: c["phase"] for m, c in built.items()} == {failed: "gated", unchecked: "gated",
                                                          **{m: "refit" for m in passed}}
+
+
+class _Lists:
+    """A source's lists as given (candidates only calls .lists)."""
+
+    def __init__(self, frame):
+        self.frame = frame
+
+    def lists(self, history, user_ids, n):
+        return self.frame[self.frame["user_id"].isin(user_ids) & (self.frame["rank"] <= n)]
+
+
+def test_candidates_contract_on_given_lists():
+    ratings = pd.DataFrame({"user_id": [1, 1, 2], "movie_id": [5, 7, 9]})
+    history = History(NIGHT, ratings, {1: {5, 7}, 2: {9}})
+    frame = lambda rows: pd.DataFrame(rows, columns=["user_id", "movie_id", "rank"])  # noqa: E731
+    sources = {"gru4rec": _Lists(frame([(1, 8, 1), (1, 3, 2), (2, 3, 1)])),
+               "ease": _Lists(frame([(1, 3, 1), (1, 7, 2), (2, 11, 1), (2, 4, 2)])),  # 7: seen, a leak
+               "popularity": _Lists(frame([(3, 2, 1)]))}
+    pool = candidates(sources, history, [1, 2, 3], 2)
+    assert list(pool.columns) == ["user_id", "movie_id", "rank_gru4rec", "rank_ease", "rank_popularity",
+                                  "source_rank"]
+    assert list(pool.dtypes) == [np.int64, np.int64, np.float64, np.float64, np.float64, np.int64]
+    # sorted by user then movie; NaN where a source does not list the movie; seen movies never
+    assert pool.fillna(-1).values.tolist() == [[1, 3, 2, 1, -1, 1], [1, 8, 1, -1, -1, 1], [2, 3, 1, -1, -1, 1],
+                                               [2, 4, -1, 2, -1, 2], [2, 11, -1, 1, -1, 1], [3, 2, -1, -1, 1, 1]]
+    empty = candidates({name: _Lists(frame([])) for name in SOURCES}, history, [1], 2)
+    assert empty.empty and list(empty.columns) == list(pool.columns)

@@ -19,6 +19,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recpipe.models.topk import DEFAULT_CHUNK_USERS, chunked_top_k, exclusion_matrix, exclusions, flatten, \
+    group_lists
+
 
 @dataclass(frozen=True)
 class EASEConfig:
@@ -71,16 +74,10 @@ def positives_matrix(interactions: pd.DataFrame, min_rating: int, max_items: int
 
 def history_rows(movie_ids: np.ndarray, histories: Sequence[Iterable[int]]):
     """Binary csr [len(histories), items]; movies unknown to the index are skipped."""
-    rows, cols = [], []
-    for r, hist in enumerate(histories):
-        idx = encode(movie_ids, hist)
-        idx = np.unique(idx[idx >= 0])
-        rows.append(np.full(len(idx), r, np.int64))
-        cols.append(idx)
-    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
-                         shape=(len(histories), len(movie_ids)))
+    rows, movies = flatten(histories)  # one encode for every user: no per-user loop
+    x = exclusion_matrix(rows, encode(movie_ids, movies), (len(histories), len(movie_ids))).astype(np.float32)
+    x.data[:] = 1.0  # a repeated movie stays one positive
+    return x
 
 
 def _empty_top_k() -> pd.DataFrame:
@@ -89,31 +86,20 @@ def _empty_top_k() -> pd.DataFrame:
 
 
 def top_k_frame(score_fn, movie_ids: np.ndarray, histories: Mapping, exclude: Mapping | None,
-                k: int, chunk_size: int) -> pd.DataFrame:
+                k: int, chunk_size: int = DEFAULT_CHUNK_USERS) -> pd.DataFrame:
     """Top-k per user of `score_fn(list of histories) -> [n, items]`, `chunk_size` users at a
     time (memory is one chunk's scores). Excluded movies never appear; best score first,
     ties by ascending movie_id; fewer than k rows only when the catalogue runs out."""
     users = list(histories)
     exclude = histories if exclude is None else exclude
-    out = []
-    for lo in range(0, len(users), chunk_size):
-        chunk = users[lo: lo + chunk_size]
-        scores = np.asarray(score_fn([histories[u] for u in chunk]), dtype=np.float64)
-        for row, u in enumerate(chunk):
-            idx = encode(movie_ids, exclude.get(u, ()))
-            scores[row, idx[idx >= 0]] = -np.inf
-        kk = min(k, scores.shape[1])
-        if kk <= 0:
-            continue
-        kth = -np.partition(-scores, kk - 1, axis=1)[:, kk - 1]
-        for row, u in enumerate(chunk):
-            # every item >= the k-th value is a candidate, so ties at the edge are all seen
-            cand = np.flatnonzero((scores[row] >= kth[row]) & np.isfinite(scores[row]))
-            top = cand[np.lexsort((cand, -scores[row, cand]))][:k]
-            out.append(pd.DataFrame({"user_id": np.full(len(top), u, np.int64),
-                                     "rank": np.arange(1, len(top) + 1, dtype=np.int64),
-                                     "movie_id": movie_ids[top], "score": scores[row, top]}))
-    return pd.concat(out, ignore_index=True) if out else _empty_top_k()
+    hists = [histories[u] for u in users]
+    excluded = exclusions(lambda m: encode(movie_ids, m), group_lists(exclude, users), len(movie_ids))
+    rows, rank, items, score = chunked_top_k(lambda lo, hi: score_fn(hists[lo:hi]), len(users), k, excluded,
+                                             chunk_size)
+    if not len(rows):
+        return _empty_top_k()
+    return pd.DataFrame({"user_id": np.asarray(users, np.int64)[rows], "rank": rank,
+                         "movie_id": movie_ids[items], "score": score})
 
 
 def save_arrays(path, name: str, meta: dict, **arrays) -> Path:
@@ -148,7 +134,7 @@ def ndcg_at_k(top: pd.DataFrame, positives: pd.DataFrame, k: int = 10) -> float:
 
 
 def choose(fit_fn, candidates, train: pd.DataFrame, validation: pd.DataFrame, *, k: int = 10,
-           chunk_size: int = 1000):
+           chunk_size: int = DEFAULT_CHUNK_USERS):
     """Fit `fit_fn(train, candidate)` per candidate; score each validation user from the
     user's train positives, excluding every movie the user has in train; keep the best
     NDCG@k on `validation`'s positives. Returns (best_model, best_candidate, log)."""
@@ -183,7 +169,7 @@ class EASEModel:
 
     def score_top_k(self, histories: Mapping[int, Iterable[int]],
                     exclude: Mapping[int, Iterable[int]] | None = None, k: int = 10,
-                    chunk_size: int = 1000) -> pd.DataFrame:
+                    chunk_size: int = DEFAULT_CHUNK_USERS) -> pd.DataFrame:
         """user_id, rank, movie_id, score; `exclude` defaults to the histories."""
         return top_k_frame(self.scores, self.movie_ids, histories, exclude, k, chunk_size)
 

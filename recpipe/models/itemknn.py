@@ -17,6 +17,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recpipe.models.ease import choose, history_rows, load_arrays, positives_matrix, save_arrays, top_k_frame
+from recpipe.models.topk import DEFAULT_CHUNK_USERS
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ItemKNNModel:
 
     def score_top_k(self, histories: Mapping[int, Iterable[int]],
                     exclude: Mapping[int, Iterable[int]] | None = None, k: int = 10,
-                    chunk_size: int = 1000) -> pd.DataFrame:
+                    chunk_size: int = DEFAULT_CHUNK_USERS) -> pd.DataFrame:
         """user_id, rank, movie_id, score; `exclude` defaults to the histories."""
         return top_k_frame(self.scores, self.movie_ids, histories, exclude, k, chunk_size)
 

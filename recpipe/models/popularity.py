@@ -6,13 +6,14 @@ usable history. Ties are broken by movie_id so lists repeat exactly.
 from __future__ import annotations
 
 import json
-from itertools import islice
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from recpipe.models.topk import flatten, group_lists, ranks_within
 
 POSITIVE_MIN_RATING = 4
 
@@ -63,11 +64,27 @@ def fit_popularity(ratings: pd.DataFrame, as_of: datetime, window: timedelta = t
 
 def score_top_k(model: Popularity, user_ids, seen: dict[int, set[int]], k: int = 10) -> pd.DataFrame:
     """The k most popular movies each user has not rated; score = window count."""
-    rows = []
-    ranked = list(zip(model.movie_ids.tolist(), model.counts.tolist()))
-    for user in user_ids:
-        taken = seen.get(int(user), set())
-        # Walk down the ranking until k unseen movies: usually a few dozen steps.
-        picked = list(islice((mc for mc in ranked if mc[0] not in taken), k))
-        rows.extend((int(user), rank, int(m), float(c)) for rank, (m, c) in enumerate(picked, start=1))
-    return pd.DataFrame(rows, columns=["user_id", "rank", "movie_id", "score"])
+    user_ids = np.asarray(user_ids, dtype=np.int64).reshape(-1)
+    n, ranked, k = len(user_ids), len(model.movie_ids), max(int(k), 0)
+    # Position of each seen movie in the ranking (-1: not ranked), every user in one call.
+    rows, movies = flatten(group_lists(seen, user_ids.tolist()))
+    lookup = pd.Series(np.arange(ranked, dtype=np.int64), index=model.movie_ids)
+    pos = lookup.reindex(movies).fillna(-1).to_numpy(np.int64)
+    keys = np.sort(rows[pos >= 0] * ranked + pos[pos >= 0])  # (row, position) as one int64
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+    rows, pos = keys // max(ranked, 1), keys % max(ranked, 1)
+    # Unseen movies before the i-th seen one (0-based, in ranking order): pos - i, which never
+    # decreases. The j-th unseen position is q = j + #{seen i: pos_i - i <= j}: a search in
+    # the sorted seen positions instead of a walk down the ranking per user.
+    width = ranked + k + 1
+    gaps = rows * width + pos - (ranks_within(rows) - 1)
+    query_rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    j = np.tile(np.arange(k, dtype=np.int64), n)
+    before = np.searchsorted(gaps, query_rows * width + j, side="right") - \
+        np.searchsorted(gaps, query_rows * width, side="left")
+    q = j + before
+    keep = q < ranked  # fewer than k only when the ranking runs out
+    q, query_rows = q[keep], query_rows[keep]
+    return pd.DataFrame({"user_id": user_ids[query_rows], "rank": j[keep] + 1,
+                         "movie_id": model.movie_ids[q].astype(np.int64),
+                         "score": model.counts[q].astype(np.float64)})

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recpipe.models.gru4rec.config import DEFAULT_CONFIG, GRU4RecConfig
+from recpipe.models.topk import exclusions, flatten, group_lists, top_k
 from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, grow_rows, \
     history_summary, merge_config
 
@@ -146,7 +147,7 @@ class GRU4RecRecommender:
     def recommend(self, model, store: Store, history: History, user_ids, k: int) -> pd.DataFrame:
         network, session_params, serving = model
         histories = serving_histories(network, history.ratings, session_params, serving, user_ids)
-        return score_top_k(network, histories, history.seen, k=k)
+        return score_top_k(network, histories, history.seen, k=k, batch_size=store.settings.chunk_users)
 
     def extra_metrics(self, model, store: Store, holdout) -> dict:
         return {}
@@ -161,7 +162,12 @@ def serving_histories(network, ratings: pd.DataFrame, session_params: dict, serv
         histories = recent_histories(ratings, user_ids, int(serving["history_length"]), min_rating, network.index)
     else:
         histories = latest_histories_from(ratings, session_params, user_ids)
-    return {u: items for u, items in histories.items() if (network.index.encode(items) >= 0).any()}
+    if not histories:
+        return {}
+    # One encode for every user's movies (a per-user encode cost seconds at 6k users).
+    rows, movies = flatten(list(histories.values()))
+    known = np.bincount(rows[network.index.encode(movies) >= 0], minlength=len(histories)) > 0
+    return {u: items for (u, items), ok in zip(histories.items(), known) if ok}
 
 
 def recent_histories(ratings: pd.DataFrame, user_ids, length: int, min_rating: int = 3,
@@ -174,7 +180,10 @@ def recent_histories(ratings: pd.DataFrame, user_ids, length: int, min_rating: i
     keys = [c for c in ("user_id", "ts", "line_no") if c in liked.columns]
     liked = liked.sort_values(keys, kind="mergesort")
     recent = liked.groupby("user_id", sort=True).tail(length)
-    return {int(u): m.tolist() for u, m in recent.groupby("user_id", sort=True)["movie_id"]}
+    # rows are sorted by user: split at each user's first row instead of a groupby per user
+    users, starts = np.unique(recent["user_id"].to_numpy(np.int64), return_index=True)
+    movies = np.split(recent["movie_id"].to_numpy(np.int64), starts[1:])
+    return {int(u): m.tolist() for u, m in zip(users, movies)}
 
 
 def choose_serving(network, ratings: pd.DataFrame, session_params: dict, serving_config: Mapping,
@@ -242,42 +251,27 @@ def score_top_k(bundle, histories: Mapping[int, Iterable[int]],
     Ranking over all items by logit, ties broken by ascending movie_id; score is
     the softmax probability over the whole catalogue."""
     users = list(histories)
-    seen = seen or {}
-    rows_u, rows_r, rows_m, rows_s = [], [], [], []
+    # Every user's history and seen movies encoded in one call each: no per-user encode.
+    rows, movies = flatten([histories[u] for u in users])
+    idx = bundle.index.encode(movies)
+    rows, idx = rows[idx >= 0], idx[idx >= 0].astype(np.int32)
+    seqs = np.split(idx, np.cumsum(np.bincount(rows, minlength=len(users)))[:-1]) if users else []
+    excluded = exclusions(bundle.index.encode, group_lists(seen, users), bundle.n_items)
+    parts = []
     for lo in range(0, len(users), batch_size):
-        chunk = users[lo : lo + batch_size]
-        seqs = []
-        for u in chunk:
-            idx = bundle.index.encode(list(histories[u]))
-            seqs.append(idx[idx >= 0].astype(np.int32))
-        logits = np.stack(bundle.sequence_logits(seqs, batch_size=256, last_only=True))
+        logits = np.stack(bundle.sequence_logits(seqs[lo: lo + batch_size], batch_size=256, last_only=True))
         logits = logits.astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        masked = logits.copy()
-        for row, u in enumerate(chunk):
-            s = bundle.index.encode(list(seen.get(u, ())))
-            masked[row, s[s >= 0]] = -np.inf
-        kk = min(k, masked.shape[1])
-        # k-th best value per row; every item >= it (ties included) is a candidate
-        kth = -np.partition(-masked, kk - 1, axis=1)[:, kk - 1] if kk else None
-        for row, u in enumerate(chunk):
-            if not kk:
-                break
-            cand = np.flatnonzero(masked[row] >= kth[row])
-            cand = cand[np.isfinite(masked[row, cand])]
-            # best score first, ties by ascending item index = ascending movie_id
-            top = cand[np.lexsort((cand, -masked[row, cand]))][:k]
-            rows_u.append(np.full(len(top), u, dtype=np.int64))
-            rows_r.append(np.arange(1, len(top) + 1, dtype=np.int64))
-            rows_m.append(bundle.index.decode(top))
-            rows_s.append(probs[row, top])
-    if not rows_u:
+        top = top_k(logits, k, excluded[lo: lo + batch_size])
+        # softmax probability over the whole catalogue, only for the returned items
+        peak = logits.max(axis=1)
+        total = np.exp(logits - peak[:, None]).sum(axis=1)
+        r, rank, items, value = top
+        parts.append((r + lo, rank, items, np.exp(value - peak[r]) / total[r]))
+    if not parts or not sum(len(p[0]) for p in parts):
         return empty_lists()
-    return pd.DataFrame({
-        "user_id": np.concatenate(rows_u), "rank": np.concatenate(rows_r),
-        "movie_id": np.concatenate(rows_m), "score": np.concatenate(rows_s),
-    })
+    r, rank, items, prob = (np.concatenate(p) for p in zip(*parts))
+    return pd.DataFrame({"user_id": np.asarray(users, np.int64)[r], "rank": rank,
+                         "movie_id": bundle.index.decode(items), "score": prob})
 
 
 RECOMMENDER = GRU4RecRecommender()

@@ -68,7 +68,8 @@ class ItemItemRecommender:
         histories = {int(u): m.tolist() for u, m in known.groupby("user_id")["movie_id"]}
         if not histories:
             return empty_lists()
-        return model.score_top_k(histories, {u: history.seen.get(u, ()) for u in histories}, k)
+        return model.score_top_k(histories, {u: history.seen.get(u, ()) for u in histories}, k,
+                                 chunk_size=store.settings.chunk_users)
 
     def extra_metrics(self, model, store: Store, holdout) -> dict:
         return {}

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recpipe.models.topk import ranks_within
 from recpipe.plan import LIST_LENGTH
 from recpipe.recommenders.base import Fitted, History, Store, empty_lists, merge_config
 
@@ -184,16 +185,38 @@ def candidates(sources: dict, history: History, user_ids, n: int) -> pd.DataFram
     source's top-n unseen movies per user; source_rank is the movie's best rank among the
     sources, rank_<source> its rank in that source's list (NaN when not in it)."""
     user_ids = np.asarray(user_ids, dtype=np.int64)
-    frames = [loaded.lists(history, user_ids, n)[["user_id", "movie_id", "rank"]].astype(np.int64)
-              .rename(columns={"rank": f"rank_{name}"}).set_index(["user_id", "movie_id"])
-              for name, loaded in sources.items()]
-    pool = pd.concat(frames, axis=1, join="outer").astype(np.float64).reset_index()
-    pool["rank"] = pool[[f"rank_{name}" for name in sources]].min(axis=1).astype(np.int64)
+    lists = {name: loaded.lists(history, user_ids, n) for name, loaded in sources.items()}
+    seen = history.ratings
+    # (user, movie) pairs as one int64 key each: the union and the seen filter are array
+    # operations on one column, not merges on two.
+    width = 1 + max([int(seen["movie_id"].max()) if len(seen) else 0]
+                    + [int(frame["movie_id"].max()) for frame in lists.values() if len(frame)])
+    keys = {name: frame["user_id"].to_numpy(np.int64) * width + frame["movie_id"].to_numpy(np.int64)
+            for name, frame in lists.items()}
+    pool = np.unique(np.concatenate([np.zeros(0, np.int64), *keys.values()]))  # sorted: user, then movie
     # The sources exclude seen movies already; the union is filtered again so no source can leak one.
-    seen = history.ratings[["user_id", "movie_id"]].drop_duplicates().assign(_seen=True)
-    pool = pool.merge(seen, on=["user_id", "movie_id"], how="left")
-    pool = pool[pool["_seen"].isna()].drop(columns="_seen")
-    return pool.rename(columns={"rank": "source_rank"}).reset_index(drop=True)
+    # A search of the seen keys in the sorted pool: no sort of the (much longer) seen side.
+    at, found = _find(pool, seen["user_id"].to_numpy(np.int64) * width + seen["movie_id"].to_numpy(np.int64))
+    unseen = np.ones(len(pool), bool)
+    unseen[at[found]] = False
+    pool = pool[unseen]
+    columns = {"user_id": pool // width, "movie_id": pool % width}
+    for name, frame in lists.items():
+        rank = np.full(len(pool), np.nan)
+        at, found = _find(pool, keys[name])
+        rank[at[found]] = frame["rank"].to_numpy(np.float64)[found]
+        columns[f"rank_{name}"] = rank
+    ranks = np.column_stack([columns[f"rank_{name}"] for name in lists]) if lists else np.zeros((len(pool), 0))
+    columns["source_rank"] = np.nanmin(ranks, axis=1).astype(np.int64) if len(pool) else np.zeros(0, np.int64)
+    return pd.DataFrame(columns)
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position in sorted_keys, whether it is there) of each key."""
+    at = np.searchsorted(sorted_keys, keys)
+    found = at < len(sorted_keys)
+    found[found] = sorted_keys[at[found]] == keys[found]
+    return at, found
 
 
 def ranker_scores(ranker, store: Store, history: History, pairs: pd.DataFrame) -> np.ndarray:
@@ -210,22 +233,26 @@ def rerank(pool: pd.DataFrame, k: int, weights: dict | None = None) -> pd.DataFr
     source's rank (ties: AutoInt+'s score, then movie_id ascending). The list's score is
     the one it is ordered by."""
     pool = pool[np.isfinite(pool["score"].to_numpy(np.float64))]
+    user, movie = pool["user_id"].to_numpy(np.int64), pool["movie_id"].to_numpy(np.int64)
+    score = pool["score"].to_numpy(np.float64)
+    # np.lexsort is stable, as sort_values(kind="stable") was, and needs no frame copies.
     if weights and any(weights.values()):
-        ranker_rank = pool.groupby("user_id")["score"].rank(method="first", ascending=False).to_numpy()
+        # AutoInt+'s rank within the user: score desc, ties in pool order (rank "first")
+        by_score = np.lexsort((-score, user))
+        ranker_rank = np.empty(len(pool), np.float64)
+        ranker_rank[by_score] = ranks_within(user[by_score])
         fused = 1.0 / (FUSION_K + ranker_rank)
         for name, weight in weights.items():
             if weight:
                 fused += weight * np.nan_to_num(1.0 / (FUSION_K + pool[f"rank_{name}"].to_numpy(np.float64)))
-        pool = pool.assign(ranker_score=pool["score"], score=fused)
-        ordered = pool.sort_values(["user_id", "score", "ranker_score", "movie_id"],
-                                   ascending=[True, False, False, True], kind="stable")
+        order = np.lexsort((movie, -score, -fused, user))
+        score = fused
     else:
-        ordered = pool.sort_values(["user_id", "score", "movie_id"], ascending=[True, False, True], kind="stable")
-    ranks = ordered.groupby("user_id", sort=False).cumcount() + 1
-    top = ordered[ranks.to_numpy() <= k].assign(rank=ranks[ranks <= k].to_numpy())
-    return pd.DataFrame({"user_id": top["user_id"].to_numpy(np.int64), "rank": top["rank"].to_numpy(np.int64),
-                         "movie_id": top["movie_id"].to_numpy(np.int64),
-                         "score": top["score"].to_numpy(np.float64)})
+        order = np.lexsort((movie, -score, user))
+    rank = ranks_within(user[order])
+    top = order[rank <= k]
+    return pd.DataFrame({"user_id": user[top], "rank": rank[rank <= k], "movie_id": movie[top],
+                         "score": score[top]})
 
 
 def _top_n(pool: pd.DataFrame, n: int) -> pd.DataFrame:
