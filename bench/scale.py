@@ -197,7 +197,7 @@ class Bench:
         self.payload = {
             "benchmark": args.out, "started_at": datetime.now(timezone.utc).isoformat(), "machine": machine(),
             "command": " ".join(sys.argv), "epochs": args.epochs, "ship": "gated (no refit stages)",
-            "train_sample": None,
+            "train_sample": None, "model_overrides": args.model_overrides,
             "gate": "opened (no floors, no baseline to beat): every model is published" if args.open_gate
                     else "as configured (recpipe/gate.yaml): only promoted models are published",
             "rss_method": "os.wait4 rusage ru_maxrss of each stage's child process (RUSAGE_CHILDREN of that"
@@ -341,7 +341,7 @@ class Bench:
                 night = datetime.fromisoformat(ingested["night"])
                 settings = Settings.from_env().with_(database_url=url)
                 plan = make_plan(settings, night, PipelineParams(ship="gated"), epochs=self.args.epochs,
-                                 gate_overrides=self.gate_overrides())
+                                 gate_overrides=self.gate_overrides(), model_overrides=self.args.model_overrides)
                 state["plan"] = plan.to_dict()
                 entry["night"] = night.isoformat()
                 order = ["check_data", "rebuild_encodings", "rebuild_sessions"]
@@ -467,6 +467,9 @@ def main() -> None:
                         help="sizes whose ingest is profiled (cProfile, a second database) when over the ratio goal")
     parser.add_argument("--gate", dest="open_gate", choices=["open", "configured"], default="open",
                         help="open: every model is published (default); configured: recpipe/gate.yaml decides")
+    parser.add_argument("--model-overrides", type=json.loads, default={},
+                        help='JSON {model: {key: value}} for every size, e.g. \'{"autoint": {"catalogue_limit": 500}}\''
+                             ' (stated in the JSON)')
     parser.add_argument("--merge", help="NAME,OTHER[,...]: merge results OTHER into NAME (no run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)

@@ -103,6 +103,59 @@ def derive_fields(events: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFram
     return result
 
 
+def _owned_codes(encoders: "FieldEncoders", partial: pd.DataFrame, owned: list[str]) -> np.ndarray:
+    """Codes of the `owned` fields of `partial` (every other field 0), in the encoders' field order."""
+    frame = pd.DataFrame({name: partial[name] if name in owned else None for name in FIELDS}, index=partial.index)
+    codes = encoders.transform(frame)
+    codes[:, [name not in owned for name in encoders.fields]] = 0
+    return codes
+
+
+def user_codes(encoders: "FieldEncoders", user_ids: np.ndarray, users: pd.DataFrame) -> np.ndarray:
+    """The user-owned field codes of each id (other fields 0); ids not in `users` keep
+    their id and get UNKNOWN attributes, as in derive_fields."""
+    ids = pd.DataFrame({"user_id": np.asarray(user_ids, dtype=np.int64)})
+    frame = ids.merge(user_fields(users.drop_duplicates("user_id")), on="user_id", how="left")
+    frame["user_id"] = ids["user_id"].astype(str).to_numpy(dtype=object)
+    return _owned_codes(encoders, frame, USER_FIELDS)
+
+
+def movie_codes(encoders: "FieldEncoders", movie_ids: np.ndarray, movies: pd.DataFrame) -> np.ndarray:
+    """The item-owned field codes of each id (other fields 0)."""
+    ids = pd.DataFrame({"movie_id": np.asarray(movie_ids, dtype=np.int64)})
+    frame = ids.merge(movie_fields(movies.drop_duplicates("movie_id")), on="movie_id", how="left")
+    frame["movie_id"] = ids["movie_id"].astype(str).to_numpy(dtype=object)
+    return _owned_codes(encoders, frame, ITEM_FIELDS)
+
+
+def context_codes(encoders: "FieldEncoders", rated_at: pd.Series) -> np.ndarray:
+    """The rating-time field codes of each timestamp (other fields 0)."""
+    return _owned_codes(encoders, time_fields(rated_at.reset_index(drop=True)), CONTEXT_FIELDS)
+
+
+def encode_events(encoders: "FieldEncoders", events: pd.DataFrame, movies: pd.DataFrame, users: pd.DataFrame,
+                  chunk_rows: int = 1 << 22) -> np.ndarray:
+    """encoders.transform(derive_fields(events, movies, users)) without a string per row
+    and field: every field is owned by the user, the movie or the UTC month, so each
+    distinct one is encoded once and a row's codes are the sum of its three. Memory is
+    the int32 output plus `chunk_rows` rows at a time (50M rows x 14 fields: 2.8 GB,
+    against ~12 GiB of per-row strings)."""
+    user_pos, user_ids = pd.factorize(events["user_id"].to_numpy(np.int64))
+    movie_pos, movie_ids = pd.factorize(events["movie_id"].to_numpy(np.int64))
+    months = pd.DatetimeIndex(pd.to_datetime(events["rated_at"], utc=True)).tz_localize(None)
+    month_pos, month_starts = pd.factorize(months.to_numpy("datetime64[M]"))
+    sides = [(user_pos, user_codes(encoders, user_ids, users)),
+             (movie_pos, movie_codes(encoders, movie_ids, movies)),
+             (month_pos, context_codes(encoders, pd.Series(pd.to_datetime(month_starts).tz_localize("UTC"))))]
+    out = np.empty((len(events), len(encoders.fields)), dtype=np.int32)
+    for start in range(0, len(events), chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        out[rows] = sides[0][1][sides[0][0][rows]]
+        for pos, codes in sides[1:]:
+            out[rows] += codes[pos[rows]]
+    return out
+
+
 @dataclass
 class FieldEncoders:
     """One vocabulary per field; code 0 is unknown/missing, known values are 1..n.

@@ -128,8 +128,8 @@ def test_with_source_weights_0_the_list_is_autoints_order_over_the_candidates(ni
     lists = loaded.lists(history, users, 10)
     pool = candidates(loaded.model.sources, history, users, loaded.model.n)
     # AutoInt+'s full-catalogue ranking (its own scoring path), kept to each user's candidates.
-    network, encoders = LoadedRun(store, runs.get(engine, trained["autoint"])).model
-    full = score_catalogue(network, encoders, store.users()[store.users()["user_id"].isin(users)], store.movies(),
+    ranker = LoadedRun(store, runs.get(engine, trained["autoint"])).model
+    full = score_catalogue(ranker.network, ranker.encoders, store.users()[store.users()["user_id"].isin(users)], store.movies(),
                            history.seen, history.as_of, k=len(store.movies()))
     kept = full.merge(pool[["user_id", "movie_id"]], on=["user_id", "movie_id"])
     kept = kept.sort_values(["user_id", "rank"])

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from recpipe.features import CONTEXT_FIELDS, FIELDS, ITEM_FIELDS, USER_FIELDS, derive_fields, movie_fields, \
-    time_fields, user_fields
+from recpipe.features import POSITIVE_MIN_RATING, context_codes, encode_events, movie_codes, user_codes
 from recpipe.models.autoint.config import DEFAULT_CONFIG, AutoIntConfig
 from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, history_summary, \
     merge_config
@@ -25,7 +25,18 @@ MODEL_FILE = "autoint.keras"
 # on ratings alone (the seed's CTR task) never shows the model a movie nobody picks.
 # Each rating brings this many movies the user had not rated, sampled uniformly, as
 # label-0 examples at the same time; popular movies are then learnt as likelier.
-DATA_DEFAULTS = {"negatives_per_rating": 1}
+# Publication ranks at most `catalogue_limit` movies per user, the most rated before the
+# night: the whole catalogue costs users x movies predictions (ML-25M: 10^10), the pool
+# users x limit. ML-1M's 3.7k movies are all ranked. The two-stage model is the one that
+# scales further (AutoInt+ there scores only candidates).
+DATA_DEFAULTS = {"negatives_per_rating": 1, "catalogue_limit": 5000}
+
+
+@dataclass(frozen=True)
+class LoadedAutoInt:
+    network: object
+    encoders: object
+    catalogue_limit: int
 
 
 def _verbosity() -> int:
@@ -39,9 +50,10 @@ class AutoIntRecommender:
 
     def make_config(self, overrides, epochs) -> dict:
         config = merge_config({**DEFAULT_CONFIG.to_dict(), **DATA_DEFAULTS}, overrides, epochs, self.name)
-        negatives = config["negatives_per_rating"]
-        if isinstance(negatives, bool) or not isinstance(negatives, int) or negatives < 0:
-            raise ValueError(f"autoint negatives_per_rating must be an integer >= 0, got {negatives!r}")
+        for key, least in (("negatives_per_rating", 0), ("catalogue_limit", 1)):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"autoint {key} must be an integer >= {least}, got {value!r}")
         model_config(config)  # the dataclass checks the rest
         return config
 
@@ -55,8 +67,9 @@ class AutoIntRecommender:
         movies = store.movies()
         examples = with_sampled_negatives(ratings, movies["movie_id"].to_numpy(), config["negatives_per_rating"],
                                           config["seed"])
-        frame = derive_fields(examples, movies, store.users())
-        X, y = encoders.transform(frame), frame["label"].to_numpy(np.float32)
+        X = encode_events(encoders, examples, movies, store.users())
+        y = (examples["rating"].to_numpy() >= POSITIVE_MIN_RATING).astype(np.float32)
+        del examples
         stats = {"train_until": train_until.isoformat(), "rows": int(len(y)), "positives": float(y.mean()),
                  "ratings": int(len(ratings)), "negatives_per_rating": config["negatives_per_rating"],
                  "users": int(ratings["user_id"].nunique()), "movies": int(ratings["movie_id"].nunique()),
@@ -121,13 +134,16 @@ class AutoIntRecommender:
     def load(self, bundle, run, store: Store):
         from recpipe.models.autoint.network import load_model
 
-        return load_model(bundle.path(MODEL_FILE)), store.encoders(run.data_stats["encodings_artifact_id"])
+        limit = (run.config or {}).get("catalogue_limit", DATA_DEFAULTS["catalogue_limit"])
+        return LoadedAutoInt(load_model(bundle.path(MODEL_FILE)),
+                             store.encoders(run.data_stats["encodings_artifact_id"]), int(limit))
 
-    def recommend(self, model, store: Store, history: History, user_ids, k: int) -> pd.DataFrame:
-        network, encoders = model
+    def recommend(self, model: LoadedAutoInt, store: Store, history: History, user_ids, k: int) -> pd.DataFrame:
         users = store.users()
         users = users[users["user_id"].isin(np.asarray(user_ids))]
-        return score_catalogue(network, encoders, users, store.movies(), history.seen, history.as_of, k=k)
+        return score_catalogue(model.network, model.encoders, users,
+                               ranked_movies(store.movies(), history.ratings, model.catalogue_limit),
+                               history.seen, history.as_of, k=k)
 
     def extra_metrics(self, model, store: Store, holdout: pd.DataFrame) -> dict:
         """AUC and log-loss on every rating of the window (its CTR task)."""
@@ -135,72 +151,75 @@ class AutoIntRecommender:
 
         from recpipe.models.autoint.fit import predict_proba
 
-        network, encoders = model
         y = holdout["label"].to_numpy()
         if len(holdout) == 0 or len(np.unique(y)) < 2:
             return {}
-        p = predict_proba(network, encoders.transform(derive_fields(holdout, store.movies(), store.users())))
+        p = predict_proba(model.network, encode_events(model.encoders, holdout, store.movies(), store.users()))
         return {"auc": float(roc_auc_score(y, p)), "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7))),
                 "ctr_rows": int(len(y))}
+
+
+def ranked_movies(movies: pd.DataFrame, ratings: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """The catalogue, or when it is larger than `limit` its `limit` most rated movies in
+    `ratings` (ties: lower movie_id)."""
+    if len(movies) <= limit:
+        return movies
+    counts = ratings["movie_id"].value_counts().sort_index()
+    top = counts.sort_values(ascending=False, kind="stable").index[:limit]
+    return movies[movies["movie_id"].isin(top)]
 
 
 def model_config(config: Mapping) -> AutoIntConfig:
     return AutoIntConfig.from_dict({k: v for k, v in config.items() if k not in DATA_DEFAULTS})
 
 
-def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed: int):
-    """ratings (user_id, movie_id, rating, rated_at, ts, line_no) plus `per_rating` unrated
-    movies per row as rating-0 rows; all in time order (so validation stays the latest)."""
-    if per_rating <= 0:
-        return ratings.sort_values(["ts", "line_no"], kind="stable").reset_index(drop=True)
-    rng = np.random.default_rng(seed)
-    stride = int(movie_ids.max()) + 1
-    seen = np.unique(ratings["user_id"].to_numpy(np.int64) * stride + ratings["movie_id"].to_numpy(np.int64))
-    users = np.repeat(ratings["user_id"].to_numpy(np.int64), per_rating)
-    picks = rng.choice(movie_ids, size=len(users))
-    for _ in range(10):  # re-draw the few samples that hit a rated movie
-        clash = np.isin(users * stride + picks, seen)
-        if not clash.any():
-            break
-        picks[clash] = rng.choice(movie_ids, size=int(clash.sum()))
-    keep = ~np.isin(users * stride + picks, seen)
-    source = ratings.iloc[np.repeat(np.arange(len(ratings)), per_rating)[keep]]
-    negatives = pd.DataFrame({
-        "user_id": users[keep], "movie_id": picks[keep], "rating": np.zeros(int(keep.sum()), dtype=np.int16),
-        "ts": source["ts"].to_numpy(), "line_no": source["line_no"].to_numpy(),
-        "rated_at": source["rated_at"].to_numpy(),
+def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed: int) -> pd.DataFrame:
+    """ratings (user_id, movie_id, rating, rated_at, ts, line_no) in time order, each
+    followed by `per_rating` movies its user had not rated, sampled uniformly, as rating-0
+    rows at the same time (so validation, the last rows, stays the latest). Columns:
+    user_id, movie_id, rating, rated_at, ts: only what training reads (50M rows at 25M)."""
+    ratings = ratings.sort_values(["ts", "line_no"], kind="stable")
+    users = ratings["user_id"].to_numpy(np.int64)
+    movies = ratings["movie_id"].to_numpy(np.int64)
+    source = np.arange(len(ratings))
+    picks = np.zeros(0, dtype=np.int64)
+    if per_rating > 0:
+        rng = np.random.default_rng(seed)
+        stride = int(max(movie_ids.max(), movies.max(initial=0))) + 1
+        seen = np.unique(users * stride + movies)
+        neg_source = np.repeat(source, per_rating)
+        picks = rng.choice(movie_ids, size=len(neg_source)).astype(np.int64)
+        for _ in range(10):  # re-draw the few samples that hit a rated movie
+            clash = np.isin(users[neg_source] * stride + picks, seen)
+            if not clash.any():
+                break
+            picks[clash] = rng.choice(movie_ids, size=int(clash.sum()))
+        keep = ~np.isin(users[neg_source] * stride + picks, seen)
+        neg_source, picks = neg_source[keep], picks[keep]
+        source = np.concatenate([source, neg_source])
+    is_negative = np.arange(len(source)) >= len(ratings)
+    order = np.lexsort((is_negative, source))  # each rating, then its negatives
+    row, source = order, source[order]
+    return pd.DataFrame({
+        "user_id": users[source],
+        "movie_id": np.concatenate([movies, picks])[row],
+        "rating": np.where(is_negative[row], 0, ratings["rating"].to_numpy()[source]).astype(np.int16),
+        "rated_at": ratings["rated_at"].array.take(source),
+        "ts": ratings["ts"].to_numpy()[source],
     })
-    both = pd.concat([ratings, negatives], ignore_index=True)
-    return both.sort_values(["ts", "line_no"], kind="stable").reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------
 # Top-k scoring of the catalogue
 # ---------------------------------------------------------------------------------------
-def _field_codes(encoders, partial: pd.DataFrame, owned: list[str]) -> np.ndarray:
-    """Codes of the `owned` fields of `partial` (other fields 0), in the encoders' field order."""
-    frame = pd.DataFrame({name: partial[name] if name in owned else None for name in FIELDS}, index=partial.index)
-    codes = encoders.transform(frame)
-    mask = np.array([name in owned for name in encoders.fields])
-    codes[:, ~mask] = 0
-    return codes
-
-
 def _side_codes(encoders, users_frame: pd.DataFrame, movies_frame: pd.DataFrame, as_of):
     """(user_ids, user codes, movie_ids in id order, movie + context codes as of `as_of`):
     a pair's codes are the sum of its user's row and its movie's row."""
-    movies_frame = movies_frame.drop_duplicates("movie_id").sort_values("movie_id", kind="stable")
-    users_frame = users_frame.drop_duplicates("user_id")
-    mf = movie_fields(movies_frame).reset_index(drop=True)
-    mf["movie_id"] = mf["movie_id"].astype(str).astype(object)
-    tf_ = time_fields(pd.Series([pd.Timestamp(as_of)] * len(mf), index=mf.index))
-    mf = pd.concat([mf, tf_], axis=1)
-    movie_codes = _field_codes(encoders, mf, ITEM_FIELDS + CONTEXT_FIELDS)
-    uf = user_fields(users_frame).reset_index(drop=True)
-    uf["user_id"] = uf["user_id"].astype(str).astype(object)
-    user_codes = _field_codes(encoders, uf, USER_FIELDS)
-    return (users_frame["user_id"].to_numpy(np.int64), user_codes, movies_frame["movie_id"].to_numpy(np.int64),
-            movie_codes)
+    movie_ids = np.unique(movies_frame["movie_id"].to_numpy(np.int64))
+    user_ids = users_frame["user_id"].drop_duplicates().to_numpy(np.int64)
+    context = context_codes(encoders, pd.Series([pd.Timestamp(as_of)]))
+    return (user_ids, user_codes(encoders, user_ids, users_frame), movie_ids,
+            movie_codes(encoders, movie_ids, movies_frame) + context)
 
 
 def score_pairs(model, encoders, users_frame: pd.DataFrame, movies_frame: pd.DataFrame, pairs: pd.DataFrame,
@@ -244,48 +263,22 @@ def score_catalogue(
     (memory ~ chunk_users x n_movies x 14 x 4 bytes). rank is 1-based; ties broken by
     score desc then movie_id asc. Users with fewer than k unseen movies get fewer rows.
     """
+    from recpipe.models.autoint.fit import predict_proba
+    from recpipe.models.topk import chunked_top_k, exclusions, group_lists
+
     user_ids, user_codes, movie_ids, movie_codes = _side_codes(encoders, users_frame, movies_frame, as_of)
 
-    from recpipe.models.autoint.fit import predict_proba
+    def chunk_scores(lo: int, hi: int) -> np.ndarray:
+        codes = (user_codes[lo:hi, None, :] + movie_codes[None, :, :]).reshape(-1, movie_codes.shape[1])
+        return predict_proba(model, codes, batch_size=batch_size).reshape(hi - lo, len(movie_ids))
 
-    movie_pos = pd.Index(movie_ids)
-    n_movies = len(movie_ids)
-    k_eff = min(k, n_movies)
-    out_users, out_ranks, out_movies, out_scores = [], [], [], []
-    seen = seen or {}
-    for start in range(0, len(user_ids), chunk_users):
-        stop = min(start + chunk_users, len(user_ids))
-        n_u = stop - start
-        codes = (user_codes[start:stop, None, :] + movie_codes[None, :, :]).reshape(-1, movie_codes.shape[1])
-        scores = predict_proba(model, codes, batch_size=batch_size).reshape(n_u, n_movies)
-        excluded = np.zeros((n_u, n_movies), dtype=bool)
-        for row, uid in enumerate(user_ids[start:stop]):
-            items = seen.get(int(uid))
-            if items is None:
-                continue
-            pos = movie_pos.get_indexer(np.fromiter((int(m) for m in items), dtype=np.int64))
-            excluded[row, pos[pos >= 0]] = True
-        key = np.where(excluded, np.inf, -scores.astype(np.float64))
-        # movies are in movie_id order, so a stable sort breaks score ties by movie_id asc
-        order = np.argsort(key, axis=1, kind="stable")[:, :k_eff]
-        top_scores = np.take_along_axis(scores, order, axis=1)
-        valid = ~np.take_along_axis(excluded, order, axis=1)
-        rows, cols = np.nonzero(valid)
-        out_users.append(user_ids[start:stop][rows])
-        out_ranks.append(cols + 1)
-        out_movies.append(movie_ids[order[rows, cols]])
-        out_scores.append(top_scores[rows, cols])
-    if not out_users:
+    # movie_ids are sorted, so top-k's ties by item index are ties by movie_id
+    excluded = exclusions(pd.Index(movie_ids).get_indexer, group_lists(seen, user_ids.tolist()), len(movie_ids))
+    rows, rank, items, scores = chunked_top_k(chunk_scores, len(user_ids), k, excluded, chunk_users)
+    if not len(rows):
         return empty_lists()
-    return pd.DataFrame(
-        {
-            "user_id": np.concatenate(out_users).astype(np.int64),
-            "rank": np.concatenate(out_ranks).astype(np.int64),
-            "movie_id": np.concatenate(out_movies).astype(np.int64),
-            "score": np.concatenate(out_scores).astype(np.float32),
-        }
-    )
-
+    return pd.DataFrame({"user_id": user_ids[rows], "rank": rank, "movie_id": movie_ids[items],
+                         "score": scores.astype(np.float32)})
 
 
 RECOMMENDER = AutoIntRecommender()

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from recpipe.models.gru4rec.config import DEFAULT_CONFIG, GRU4RecConfig
-from recpipe.models.topk import exclusions, flatten, group_lists, top_k
+from recpipe.models.topk import chunked_top_k, exclusions, flatten, group_lists
 from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, grow_rows, \
     history_summary, merge_config
 
@@ -257,19 +257,17 @@ def score_top_k(bundle, histories: Mapping[int, Iterable[int]],
     rows, idx = rows[idx >= 0], idx[idx >= 0].astype(np.int32)
     seqs = np.split(idx, np.cumsum(np.bincount(rows, minlength=len(users)))[:-1]) if users else []
     excluded = exclusions(bundle.index.encode, group_lists(seen, users), bundle.n_items)
-    parts = []
-    for lo in range(0, len(users), batch_size):
-        logits = np.stack(bundle.sequence_logits(seqs[lo: lo + batch_size], batch_size=256, last_only=True))
-        logits = logits.astype(np.float64)
-        top = top_k(logits, k, excluded[lo: lo + batch_size])
-        # softmax probability over the whole catalogue, only for the returned items
-        peak = logits.max(axis=1)
-        total = np.exp(logits - peak[:, None]).sum(axis=1)
-        r, rank, items, value = top
-        parts.append((r + lo, rank, items, np.exp(value - peak[r]) / total[r]))
-    if not parts or not sum(len(p[0]) for p in parts):
+
+    def log_probabilities(lo: int, hi: int) -> np.ndarray:
+        """Log-softmax over the whole catalogue: ranks as the logits do."""
+        logits = np.stack(bundle.sequence_logits(seqs[lo:hi], batch_size=256, last_only=True)).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    r, rank, items, log_p = chunked_top_k(log_probabilities, len(users), k, excluded, batch_size)
+    if not len(r):
         return empty_lists()
-    r, rank, items, prob = (np.concatenate(p) for p in zip(*parts))
+    prob = np.exp(log_p)
     return pd.DataFrame({"user_id": np.asarray(users, np.int64)[r], "rank": rank,
                          "movie_id": bundle.index.decode(items), "score": prob})
 

@@ -223,8 +223,8 @@ def ranker_scores(ranker, store: Store, history: History, pairs: pd.DataFrame) -
     """AutoInt+'s score of each candidate pair as of the history's time."""
     from recpipe.recommenders.autoint import score_pairs
 
-    network, encoders = ranker.model
-    return score_pairs(network, encoders, store.users(), store.movies(), pairs, history.as_of)
+    return score_pairs(ranker.model.network, ranker.model.encoders, store.users(), store.movies(), pairs,
+                       history.as_of)
 
 
 def rerank(pool: pd.DataFrame, k: int, weights: dict | None = None) -> pd.DataFrame:
