@@ -169,6 +169,43 @@ def test_bulk_path_keeps_foreign_keys(engine, synthetic_dir, monkeypatch):
             conn.exec_driver_sql("INSERT INTO ratings VALUES (99999, 1, 3, now(), 1, 1)")
 
 
+def _ratings_indexes(engine) -> dict[str, tuple[int, str]]:
+    with engine.connect() as conn:
+        return {name: (oid, definition) for name, oid, definition in conn.exec_driver_sql(
+            "SELECT c.relname, i.indexrelid::bigint, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'ratings'::regclass").all()}
+
+
+def test_bulk_load_rebuilds_the_indexes_only_when_it_outgrows_the_table(engine, synthetic_dir, tmp_path,
+                                                                         monkeypatch):
+    before = _ratings_indexes(engine)
+    assert {"ratings_pkey", "ratings_rated_at"} <= set(before)
+    monkeypatch.setattr(ingest_mod, "BULK_INSERT_ROWS", 10)
+    first = ingest(engine, synthetic_dir)  # into an empty table: indexes dropped and built again
+    after = _ratings_indexes(engine)
+    assert {n: d for n, (_, d) in after.items()} == {n: d for n, (_, d) in before.items()}
+    assert all(after[n][0] != before[n][0] for n in before), "built again, under the same definitions"
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT count(*) FROM ratings").scalar_one()
+        assert conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'ratings'::regclass AND contype IN ('p', 'f')"
+        ).scalar_one() == 4
+    assert stored == first.inserted
+    with pytest.raises(sa.exc.IntegrityError):  # the primary key is back
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO ratings SELECT * FROM ratings LIMIT 1")
+    # A later batch smaller than the table keeps the indexes in place.
+    lines = (synthetic_dir / "ratings.dat").read_text().splitlines()
+    later = tmp_path / "later"
+    shutil.copytree(synthetic_dir, later)
+    (later / "ratings.dat").write_text("\n".join(
+        f"{u}::{m}::{r}::{t}" for u, m, r, t in (line.split("::") for line in lines[:30])
+        for u, m, r, t in [(u, m, r, str(int(t) + 1))]) + "\n")
+    report = ingest(engine, later)
+    assert report.lines_read == 30 and report.inserted == 0  # all conflicts with the stored ratings
+    assert _ratings_indexes(engine) == after
+
+
 def run_cli(*args, env):
     return subprocess.run([sys.executable, "-m", "recpipe.cli", *args], capture_output=True, text=True, env=env)
 
