@@ -13,7 +13,7 @@ import time
 
 import sqlalchemy as sa
 
-from _common import scratch_database, source_dir, write_result
+from _common import matmul_gflops, scratch_database, source_dir, write_result
 from recpipe import db
 from recpipe.ingest import ingest
 from recpipe.source import parse_ratings
@@ -39,8 +39,6 @@ def raw_copy_seconds(url: str, body: str) -> float:
 
 def ingest_seconds(url: str, folder) -> tuple[float, dict]:
     engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     db.upgrade(engine)
     started = time.perf_counter()
     report = ingest(engine, folder, progress=False)
@@ -63,23 +61,24 @@ def main() -> None:
                                  rows.line_no)
     )
     raw, ours, details = [], [], None
-    with scratch_database() as url:
-        for _ in range(args.repeat):
+    for _ in range(args.repeat):  # a fresh database each time: ingest into empty tables
+        with scratch_database() as url:
             raw.append(raw_copy_seconds(url, body))
             seconds, details = ingest_seconds(url, folder)
             ours.append(seconds)
     result = {
+        "probe_gflops": matmul_gflops(),
         "rows": len(rows),
         "raw_copy_seconds": min(raw),
         "ingest_seconds": min(ours),
         "ratio": min(ours) / min(raw),
-        "goal_ratio": 1.3,
+        "goal_ratio": 3.0,  # issue 12: ingest <= 3x a raw COPY of the same rows
         "all_raw_copy_seconds": raw,
         "all_ingest_seconds": ours,
         "ingest_report": details,
     }
     print(f"raw COPY of {len(rows):,} rows: {result['raw_copy_seconds']:.2f}s;"
-          f" recpipe ingest: {result['ingest_seconds']:.2f}s; ratio {result['ratio']:.2f}x (goal <= 1.3x);"
+          f" recpipe ingest: {result['ingest_seconds']:.2f}s; ratio {result['ratio']:.2f}x (goal <= 3x);"
           f" rerun inserted {details['rerun_inserted']} in {details['rerun_seconds']:.2f}s")
     write_result("ingest", result)
 
