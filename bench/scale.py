@@ -197,7 +197,7 @@ class Bench:
         self.payload = {
             "benchmark": args.out, "started_at": datetime.now(timezone.utc).isoformat(), "machine": machine(),
             "command": " ".join(sys.argv), "epochs": args.epochs, "ship": "gated (no refit stages)",
-            "train_sample": None, "model_overrides": args.model_overrides,
+            "train_sample": None, "model_overrides": args.model_overrides, "stop_after": args.stop_after,
             "gate": "opened (no floors, no baseline to beat): every model is published" if args.open_gate
                     else "as configured (recpipe/gate.yaml): only promoted models are published",
             "rss_method": "os.wait4 rusage ru_maxrss of each stage's child process (RUSAGE_CHILDREN of that"
@@ -346,6 +346,8 @@ class Bench:
                 entry["night"] = night.isoformat()
                 order = ["check_data", "rebuild_encodings", "rebuild_sessions"]
                 order += [f"train_{m}" for m in registry.training_order(plan.models)]
+                if self.args.stop_after in order:  # a partial night: the stages after it are not run
+                    order = order[:order.index(self.args.stop_after) + 1]
                 for name in order:
                     if name.startswith("train_"):
                         model = name[len("train_"):]
@@ -361,7 +363,7 @@ class Bench:
                             k: v for k, v in (result.get("training") or {}).items() if not isinstance(v, (dict, list))}
                 state["run_ids"] = [state["outputs"][f"train_{m}"]["run_id"] for m in registry.training_order(plan.models)
                                     if state["outputs"].get(f"train_{m}")]
-                if not state["run_ids"]:
+                if not state["run_ids"] or self.args.stop_after in order:
                     return
                 evaluated = self.stage(entry, "evaluate", state, workdir)
                 if evaluated is None:
@@ -470,6 +472,8 @@ def main() -> None:
     parser.add_argument("--model-overrides", type=json.loads, default={},
                         help='JSON {model: {key: value}} for every size, e.g. \'{"autoint": {"catalogue_limit": 500}}\''
                              ' (stated in the JSON)')
+    parser.add_argument("--stop-after", help="a pipeline stage (e.g. train_autoint): run the night up to it only"
+                                             " (stated in the JSON)")
     parser.add_argument("--merge", help="NAME,OTHER[,...]: merge results OTHER into NAME (no run)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
