@@ -154,12 +154,14 @@ class GRU4RecBundle:
             for row, i in enumerate(chunk):
                 items[row, : lengths[i]] = sequences[i]
             h = self._hidden(items)
+            if last_only:  # one product for the chunk: a vector-matrix product per user reads all of w each time
+                last = h[np.arange(len(chunk)), np.maximum(lengths[chunk] - 1, 0)] @ w + b
             for row, i in enumerate(chunk):
                 n = lengths[i]
                 if n == 0:
                     results[i] = b.copy() if last_only else np.zeros((0, len(b)), np.float32)
                 elif last_only:
-                    results[i] = h[row, n - 1] @ w + b
+                    results[i] = last[row]
                 else:
                     results[i] = h[row, :n] @ w + b
         return results
