@@ -140,10 +140,15 @@ def encode_events(encoders: "FieldEncoders", events: pd.DataFrame, movies: pd.Da
     distinct one is encoded once and a row's codes are the sum of its three. Memory is
     the int32 output plus `chunk_rows` rows at a time (50M rows x 14 fields: 2.8 GB,
     against ~12 GiB of per-row strings)."""
-    user_pos, user_ids = pd.factorize(events["user_id"].to_numpy(np.int64))
-    movie_pos, movie_ids = pd.factorize(events["movie_id"].to_numpy(np.int64))
-    months = pd.DatetimeIndex(pd.to_datetime(events["rated_at"], utc=True)).tz_localize(None)
-    month_pos, month_starts = pd.factorize(months.to_numpy("datetime64[M]"))
+    def positions(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos, uniques = pd.factorize(values)
+        return pos.astype(np.int32), uniques  # half the memory of factorize's int64
+
+    user_pos, user_ids = positions(events["user_id"].to_numpy(np.int64))
+    movie_pos, movie_ids = positions(events["movie_id"].to_numpy(np.int64))
+    rated_at = pd.to_datetime(events["rated_at"], utc=True)
+    month_pos, month_starts = positions(rated_at.dt.tz_localize(None).to_numpy().astype("datetime64[M]"))
+    del rated_at
     sides = [(user_pos, user_codes(encoders, user_ids, users)),
              (movie_pos, movie_codes(encoders, movie_ids, movies)),
              (month_pos, context_codes(encoders, pd.Series(pd.to_datetime(month_starts).tz_localize("UTC"))))]

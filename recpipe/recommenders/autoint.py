@@ -177,17 +177,18 @@ def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed
     """ratings (user_id, movie_id, rating, rated_at, ts, line_no) in time order, each
     followed by `per_rating` movies its user had not rated, sampled uniformly, as rating-0
     rows at the same time (so validation, the last rows, stays the latest). Columns:
-    user_id, movie_id, rating, rated_at, ts: only what training reads (50M rows at 25M)."""
-    ratings = ratings.sort_values(["ts", "line_no"], kind="stable")
+    user_id, movie_id, rating, rated_at, ts: only what training reads (50M rows at 25M),
+    each gathered once from `ratings` (no sorted copy of the whole frame)."""
+    by_time = np.lexsort((ratings["line_no"].to_numpy(), ratings["ts"].to_numpy()))
     users = ratings["user_id"].to_numpy(np.int64)
     movies = ratings["movie_id"].to_numpy(np.int64)
-    source = np.arange(len(ratings))
+    source = by_time  # row of `ratings` behind each output row
     picks = np.zeros(0, dtype=np.int64)
     if per_rating > 0:
         rng = np.random.default_rng(seed)
         stride = int(max(movie_ids.max(), movies.max(initial=0))) + 1
         seen = np.unique(users * stride + movies)
-        neg_source = np.repeat(source, per_rating)
+        neg_source = np.repeat(np.arange(len(users)), per_rating)  # drawn in the frame's order
         picks = rng.choice(movie_ids, size=len(neg_source)).astype(np.int64)
         for _ in range(10):  # re-draw the few samples that hit a rated movie
             clash = np.isin(users[neg_source] * stride + picks, seen)
@@ -195,17 +196,21 @@ def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed
                 break
             picks[clash] = rng.choice(movie_ids, size=int(clash.sum()))
         keep = ~np.isin(users[neg_source] * stride + picks, seen)
+        del seen
         neg_source, picks = neg_source[keep], picks[keep]
-        source = np.concatenate([source, neg_source])
-    is_negative = np.arange(len(source)) >= len(ratings)
-    order = np.lexsort((is_negative, source))  # each rating, then its negatives
-    row, source = order, source[order]
+        # each rating (in time order), then its negatives
+        time_rank = np.empty(len(by_time), dtype=np.int64)
+        time_rank[by_time] = np.arange(len(by_time))
+        is_negative = np.repeat([False, True], [len(by_time), len(neg_source)])
+        order = np.lexsort((is_negative, np.concatenate([np.arange(len(by_time)), time_rank[neg_source]])))
+        source = np.concatenate([by_time, neg_source])[order]
+        movie = np.concatenate([movies[by_time], picks])[order]
+        rating = np.where(is_negative[order], 0, ratings["rating"].to_numpy()[source]).astype(np.int16)
+    else:
+        movie, rating = movies[source], ratings["rating"].to_numpy()[source].astype(np.int16)
     return pd.DataFrame({
-        "user_id": users[source],
-        "movie_id": np.concatenate([movies, picks])[row],
-        "rating": np.where(is_negative[row], 0, ratings["rating"].to_numpy()[source]).astype(np.int16),
-        "rated_at": ratings["rated_at"].array.take(source),
-        "ts": ratings["ts"].to_numpy()[source],
+        "user_id": users[source], "movie_id": movie, "rating": rating,
+        "rated_at": ratings["rated_at"].array.take(source), "ts": ratings["ts"].to_numpy()[source],
     })
 
 
