@@ -335,6 +335,19 @@ def test_sampled_losses_learn_planted_pattern(loss):
     assert history["loss"][-1] < history["loss"][0]
 
 
+def test_auto_loss_is_the_full_softmax_on_small_catalogues_and_sampled_on_large_ones():
+    from recpipe.models.gru4rec.config import FULL_SOFTMAX_MAX_ITEMS
+
+    auto = GRU4RecConfig()
+    assert auto.loss == "auto"
+    assert auto.for_catalogue(3706).loss == "cross_entropy"  # ML-1M: unchanged
+    assert auto.for_catalogue(FULL_SOFTMAX_MAX_ITEMS + 1).loss == "sampled_softmax"
+    assert GRU4RecConfig(loss="bpr_max").for_catalogue(60_000).loss == "bpr_max"  # an explicit loss stays
+    bundle, _ = fit_gru4rec(planted_events(40), GRU4RecConfig.from_dict({**TINY.to_dict(), "loss": "auto"}),
+                            verbose=0)
+    assert bundle.config.loss == "cross_entropy"  # the bundle records the loss it trained with
+
+
 def test_loss_names_and_legacy_spelling():
     assert GRU4RecConfig(loss="cross-entropy").loss == "cross_entropy"  # runs stored before
     with pytest.raises(ValueError):

@@ -6,6 +6,7 @@ training item. Losses (`loss`): softmax cross-entropy over the full catalogue (a
 catalogues, the official sampled losses: sampled softmax (with logQ correction) and
 BPR-max (with score regularisation), whose candidates are the mini-batch's own targets
 plus `n_sample` extra items drawn by popularity**sample_alpha, shared by the batch.
+The default, `auto`, is the full softmax up to 4,096 items and sampled softmax above.
 Sequences (`sequences`): each session, or each user's sessions end to end.
 
 Batching: *session-parallel lanes, several steps per update* (truncated BPTT).

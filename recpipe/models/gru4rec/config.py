@@ -1,11 +1,15 @@
 """GRU4Rec hyperparameters: the config dataclass and the named configs, with how each was chosen."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping
 
 
-LOSSES = ("cross_entropy", "sampled_softmax", "bpr_max")
+LOSSES = ("auto", "cross_entropy", "sampled_softmax", "bpr_max")
+# loss "auto": the full softmax while the catalogue is at most this many items (a sampled
+# mini-batch scores ~2 x n_sample items: no cheaper), sampled softmax above it. The full
+# softmax costs O(items) per event: at 12.5k items it was 5x ML-1M's per event.
+FULL_SOFTMAX_MAX_ITEMS = 4096
 SEQUENCES = ("sessions", "users")
 
 
@@ -27,8 +31,9 @@ class GRU4RecConfig:
     seed: int = 42
     # cross_entropy: full softmax over every item. sampled_softmax / bpr_max: scores only the
     # mini-batch's own targets plus n_sample extra items drawn by popularity**sample_alpha,
-    # shared by the whole mini-batch (what a 60k-item catalogue needs).
-    loss: str = "cross_entropy"
+    # shared by the whole mini-batch (what a 60k-item catalogue needs). auto: by catalogue
+    # size (FULL_SOFTMAX_MAX_ITEMS); the trained bundle's config holds the loss it used.
+    loss: str = "auto"
     n_sample: int = 2048  # extra negatives per mini-batch (sampled losses)
     sample_alpha: float = 0.75  # 0: uniform extra negatives, 1: by popularity
     logq: float = 1.0  # sampled_softmax: weight of the log sampling-probability correction
@@ -49,6 +54,12 @@ class GRU4RecConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def for_catalogue(self, n_items: int) -> "GRU4RecConfig":
+        """The config with loss "auto" resolved for a catalogue of n_items."""
+        if self.loss != "auto":
+            return self
+        return replace(self, loss="cross_entropy" if n_items <= FULL_SOFTMAX_MAX_ITEMS else "sampled_softmax")
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "GRU4RecConfig":

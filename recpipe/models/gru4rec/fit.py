@@ -69,9 +69,9 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     inference network -> weights to start from (shared with the training network; the
     optimizer starts fresh). Returns (bundle, history); history has per-epoch
     lists and train_seconds, train_steps, events_per_s, epochs_run, best_epoch."""
-    cfg = config or DEFAULT_CONFIG
-    keras.utils.set_random_seed(cfg.seed)
     index = index or ItemIndex.from_events(train_events)
+    cfg = (config or DEFAULT_CONFIG).for_catalogue(len(index))
+    keras.utils.set_random_seed(cfg.seed)
     seqs = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences])
     n_steps = int(sum(len(s) - 1 for s in seqs if len(s) >= 2))
     train_model, infer_model = _build_networks(len(index), cfg)

@@ -60,6 +60,7 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
     [B, T, n_items] (cross_entropy); with a sampled loss the training model also takes
     targets and weights and returns the loss per position [B, T]. The training model is
     stateful with a fixed batch of lanes."""
+    cfg = cfg.for_catalogue(n_items)
     if cfg.tied:
         if cfg.embedding_dim != cfg.hidden:
             raise ValueError("tied=True needs embedding_dim == hidden")
