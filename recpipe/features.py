@@ -149,15 +149,15 @@ def encode_events(encoders: "FieldEncoders", events: pd.DataFrame, movies: pd.Da
     rated_at = pd.to_datetime(events["rated_at"], utc=True)
     month_pos, month_starts = positions(rated_at.dt.tz_localize(None).to_numpy().astype("datetime64[M]"))
     del rated_at
-    sides = [(user_pos, user_codes(encoders, user_ids, users)),
-             (movie_pos, movie_codes(encoders, movie_ids, movies)),
-             (month_pos, context_codes(encoders, pd.Series(pd.to_datetime(month_starts).tz_localize("UTC"))))]
+    by_user = user_codes(encoders, user_ids, users)
+    by_movie = movie_codes(encoders, movie_ids, movies)
+    by_month = context_codes(encoders, pd.Series(pd.to_datetime(month_starts).tz_localize("UTC")))
     out = np.empty((len(events), len(encoders.fields)), dtype=np.int32)
     for start in range(0, len(events), chunk_rows):
         rows = slice(start, start + chunk_rows)
-        out[rows] = sides[0][1][sides[0][0][rows]]
-        for pos, codes in sides[1:]:
-            out[rows] += codes[pos[rows]]
+        out[rows] = by_user[user_pos[rows]]
+        out[rows] += by_movie[movie_pos[rows]]
+        out[rows] += by_month[month_pos[rows]]
     return out
 
 
