@@ -1,6 +1,6 @@
 """The nightly's wall time shipping the gated runs against refitting them, side by side.
 
-    python bench/nightly_refit.py [--epochs 1] [--gate open|configured] [--rounds 1]
+    python bench/nightly_refit.py [--epochs 1|configured] [--gate open|configured] [--rounds 1]
 
 Each night runs the whole nightly sequence (`recpipe run`: pipeline.run_nightly, one
 process) in a fresh scratch database holding the same ratings (ML-1M from
@@ -62,16 +62,22 @@ def one_night(folder: Path, ship: str, epochs: int | None, gate: dict | None) ->
                           for p in (result["publication"] or {}).get("published", [])]}
 
 
+def _epochs(text: str) -> int | None:
+    return None if text == "configured" else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=1, help="every learned model's epochs, both nights")
+    parser.add_argument("--epochs", type=_epochs, default=1,
+                        help="every learned model's epochs, both nights; 'configured': each model's own (as make run)")
     parser.add_argument("--gate", choices=["open", "configured"], default="open")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", default="nightly_refit")
     args = parser.parse_args()
     folder = source_dir()
     gate = open_gate() if args.gate == "open" else None
-    payload = {"command": "python " + " ".join(sys.argv), "epochs": args.epochs, "gate": args.gate,
+    payload = {"command": "python " + " ".join(sys.argv), "gate": args.gate,
+               "epochs": "configured" if args.epochs is None else args.epochs,
                "probe_before": matmul_gflops(), "load_before": load_average(), "nights": []}
     for round_no in range(args.rounds):
         for ship in ("gated", "refit"):
