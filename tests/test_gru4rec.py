@@ -90,6 +90,20 @@ def test_pack_lanes_covers_every_step_once_with_resets():
                 assert wt[pos - 1] > 0 and it[pos] == it[pos - 1] + 1
 
 
+def test_pack_lanes_target_horizon_draws_items_ahead_within_the_sequence():
+    seqs = [np.arange(100, 140), np.arange(200, 203), np.array([300, 301])]
+    items, _, targets, weights = pack_lanes(seqs, n_lanes=2, bptt=4, rng=np.random.default_rng(1),
+                                            target_horizon=5)
+    real = weights > 0
+    ahead = targets[real] - items[real]
+    assert int(real.sum()) == 39 + 2 + 1  # the same steps as next-item training
+    assert ahead.min() == 1 and ahead.max() == 5  # 1..5 steps ahead, both ends drawn
+    assert np.all(targets[real] // 100 == items[real] // 100)  # never past the sequence's end
+    assert sorted(ahead[items[real] // 100 == 3].tolist()) == [1]  # a 2-item sequence: only the next
+    again = pack_lanes(seqs, n_lanes=2, bptt=4, rng=np.random.default_rng(1))[2]
+    assert np.all((again[real] - items[real]) == 1)  # target_horizon 1: the next item
+
+
 # ------------------------------------------------------------------------ networks
 def test_network_shapes():
     cfg = GRU4RecConfig(hidden=8, embedding_dim=6, batch_size=4, bptt=5)

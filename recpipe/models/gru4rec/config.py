@@ -40,6 +40,9 @@ class GRU4RecConfig:
     bpreg: float = 1.0  # bpr_max: weight of the negatives' score regularisation
     elu_param: float = 0.5  # bpr_max: ELU on the scores before the loss (0: linear); monotone
     sequences: str = "sessions"  # train on each session, or on each user's sessions end to end ("users")
+    # 1: learn the next item. h > 1: learn an item up to h steps ahead (uniform, redrawn each
+    # epoch): the user's interests over a horizon, which is what a list shown for days is judged on.
+    target_horizon: int = 1
     jit_compile: bool = False  # XLA on CPU was slower than TF's oneDNN kernels here
 
     def __post_init__(self):
@@ -49,6 +52,8 @@ class GRU4RecConfig:
             raise ValueError(f"unknown loss {self.loss!r}; known: {list(LOSSES)}")
         if self.sequences not in SEQUENCES:
             raise ValueError(f"unknown sequences {self.sequences!r}; known: {list(SEQUENCES)}")
+        if self.target_horizon < 1:
+            raise ValueError(f"target_horizon must be >= 1, not {self.target_horizon}")
         if self.n_sample < 0 or not 0.0 <= self.sample_alpha <= 1.0 or self.logq < 0 or self.bpreg < 0:
             raise ValueError("n_sample, logq and bpreg must be >= 0 and sample_alpha in [0, 1]")
 

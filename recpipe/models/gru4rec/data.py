@@ -33,10 +33,13 @@ def session_sequences(events: pd.DataFrame, index: ItemIndex, key: str = "sessio
     return np.split(idx.astype(np.int32), cuts)
 
 
-def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.random.Generator):
+def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.random.Generator,
+               target_horizon: int = 1):
     """Lay sessions (shuffled) end to end in `n_lanes` lanes; return arrays
     items, reset, targets, weights of shape [n_windows * n_lanes, bptt] where rows
-    w * n_lanes + lane hold window w of each lane (feed in order, unshuffled)."""
+    w * n_lanes + lane hold window w of each lane (feed in order, unshuffled).
+    target_horizon > 1: each step's target is the item 1..target_horizon steps ahead
+    (uniform, within the sequence; drawn again each call) instead of the next one."""
     seqs = [s for s in sequences if len(s) >= 2]
     order = rng.permutation(len(seqs))
     heap = [(0, lane) for lane in range(n_lanes)]
@@ -60,7 +63,12 @@ def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.ran
         offs = np.arange(steps.sum()) - np.repeat(np.cumsum(steps) - steps, steps)
         pos = first + offs
         items[lane_rep, pos] = np.concatenate([s[:-1] for s in seqs])
-        targets[lane_rep, pos] = np.concatenate([s[1:] for s in seqs])
+        flat = np.concatenate(seqs)
+        ends = np.cumsum([len(s) for s in seqs])  # one past each sequence's last item in flat
+        at = np.repeat(ends - np.array([len(s) for s in seqs]), steps) + offs  # each step's item in flat
+        ahead = 1 if target_horizon <= 1 else \
+            1 + (rng.random(len(at)) * np.minimum(target_horizon, np.repeat(ends, steps) - at - 1)).astype(np.int64)
+        targets[lane_rep, pos] = flat[at + ahead]
         weights[lane_rep, pos] = 1.0
         reset[lane_rep, pos] = (offs == 0).astype(np.float32)
     # [lanes, windows, bptt] -> [windows, lanes, bptt] -> rows

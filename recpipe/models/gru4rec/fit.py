@@ -110,7 +110,7 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     train_seconds = 0.0
     rnn_t = train_model.get_layer("gru_train")
     for epoch in range(cfg.epochs):
-        items, reset, targets, weights = pack_lanes(seqs, cfg.batch_size, cfg.bptt, rng)
+        items, reset, targets, weights = pack_lanes(seqs, cfg.batch_size, cfg.bptt, rng, cfg.target_horizon)
         rnn_t.reset_state()
         t0 = time.perf_counter()
         x, y = ([items, reset, targets, weights], np.zeros(targets.shape, np.float32)) if sampled \
