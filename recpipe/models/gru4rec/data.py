@@ -64,10 +64,11 @@ def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.ran
         pos = first + offs
         items[lane_rep, pos] = np.concatenate([s[:-1] for s in seqs])
         flat = np.concatenate(seqs)
-        ends = np.cumsum([len(s) for s in seqs])  # one past each sequence's last item in flat
-        at = np.repeat(ends - np.array([len(s) for s in seqs]), steps) + offs  # each step's item in flat
+        ends = np.cumsum(steps + 1)  # one past each sequence's last item in flat
+        at = np.repeat(ends - steps - 1, steps) + offs  # each step's input item in flat
+        left = np.repeat(ends, steps) - at - 1  # items after it in its sequence (>= 1)
         ahead = 1 if target_horizon <= 1 else \
-            1 + (rng.random(len(at)) * np.minimum(target_horizon, np.repeat(ends, steps) - at - 1)).astype(np.int64)
+            1 + (rng.random(len(at)) * np.minimum(target_horizon, left)).astype(np.int64)
         targets[lane_rep, pos] = flat[at + ahead]
         weights[lane_rep, pos] = 1.0
         reset[lane_rep, pos] = (offs == 0).astype(np.float32)
