@@ -77,10 +77,13 @@ def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: in
     started = time.perf_counter()
     train_until = plan.train_until(request.phase)
     store = Store(engine, settings)
+    parent = runs.get(engine, request.gated_run_id) if request.phase == REFIT else None
+    if parent is not None and hasattr(recommender, "refit_config"):
+        config = recommender.refit_config(config, parent.data_stats)  # the gated choice, never chosen again
     data = recommender.prepare(store, plan, request.inputs, config, train_until)
     initial, refit = None, None
-    if request.phase == REFIT:
-        initial, refit = _warm_start(engine, store, plan, request, recommender, data, config)
+    if parent is not None:
+        initial, refit = _warm_start(store, plan, request, recommender, data, config, parent)
         if initial is not None:
             config = {**config, "epochs": plan.warm_start_epochs}
     folder = artifacts.new_dir(settings, name, plan.night)
@@ -107,13 +110,12 @@ def train(engine: Engine, settings: Settings, request: TrainRequest, verbose: in
                          {k: v for k, v in fitted.training.items() if k != "curves"})
 
 
-def _warm_start(engine: Engine, store, plan: NightPlan, request: TrainRequest, recommender, data, config: dict
+def _warm_start(store, plan: NightPlan, request: TrainRequest, recommender, data, config: dict, parent
                 ) -> tuple[dict | None, dict]:
     """(initial weights or None, the refit's record): with plan.refit "warm_start", the gated
     run's verified weights grown to tonight's vocabularies; a model without weights to
     continue from (the closed-form baselines), or whose gated run cannot seed it, refits in
     full, and the record says why."""
-    from recpipe import runs
     from recpipe.recommenders.base import WarmStartUnavailable
 
     record = {"mode": FULL, "requested": plan.refit, "gated_run_id": request.gated_run_id}
@@ -121,7 +123,6 @@ def _warm_start(engine: Engine, store, plan: NightPlan, request: TrainRequest, r
         return None, record
     if not hasattr(recommender, "warm_start_weights"):
         return None, {**record, "why_full": f"{request.model} has no weights to continue from"}
-    parent = runs.get(engine, request.gated_run_id)
     try:
         with parent.open_artifact(store.settings) as bundle:  # verified (sha256) before anything is read
             weights, facts = recommender.warm_start_weights(bundle, parent, store, data, config)

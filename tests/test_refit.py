@@ -65,6 +65,15 @@ def test_lists_published_as_of_the_night_have_seen_its_last_days(engine, setting
     assert {r.model for r in refits} >= {"popularity", "autoint", "gru4rec"}
     assert all(r.phase == "refit" and runs.get(engine, r.gated_run_id).phase == "gated" for r in refits)
     assert all(r.data_stats["train_until"] == night.isoformat() for r in refits)
+    # A refit retrains the configuration the gate judged: what was chosen on validation is kept.
+    chosen = {"ease": ("chosen",), "itemknn": ("chosen",), "twostage": ("n", "weights")}
+    kept = [r for r in refits if r.model in chosen]
+    assert {r.model for r in kept} == set(chosen)
+    for r in kept:
+        gated_stats = runs.get(engine, r.gated_run_id).data_stats
+        assert [r.data_stats[key] for key in chosen[r.model]] == [gated_stats[key] for key in chosen[r.model]]
+        assert r.data_stats["chosen_because"].startswith("the gated run's choice"), r.data_stats["chosen_because"]
+        assert r.config["gated_choice"]
     # The last-days holdout ran (the new movie's 40 raters are in it) and is in the verdict.
     assert all("ndcg_at_10 on the last 7 days" in r.gate_reasons[0]["message"] for r in refits), \
         [r.gate_reasons for r in refits]

@@ -15,6 +15,11 @@ Models with weights to continue from (AutoInt+, GRU4Rec) also offer
 the gated run's weights grown to tonight's vocabularies (layer name -> arrays, for
 `fit(..., initial_weights=weights)`), or WarmStartUnavailable with the reason.
 
+Models that choose settings on a validation window (EASE, item-kNN, two-stage) also offer
+    refit_config(config, gated_stats) -> dict
+tonight's config with the gated run's choice fixed (from its data_stats): a refit
+retrains the configuration the gate judged, it never chooses again.
+
 Users a model cannot serve (nothing to go on) are simply absent from `recommend`'s
 lists; `lists_with_fallback` gives them the baseline's list, marked `fallback`.
 """

@@ -1,6 +1,6 @@
 """What EASE and item-kNN share behind the model interface: the configuration chosen on
-a validation window before the training cutoff, then a refit on everything before it,
-and scoring each user from the positives of the user's history.
+a validation window before the training cutoff (a night's refit keeps the gated run's
+choice), then a fit on everything before the cutoff, and scoring each user from the positives of the user's history.
 """
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ class ItemItemRecommender:
         validation = ratings[(ratings["rated_at"] >= pd.Timestamp(split))
                              & ratings["user_id"].isin(train["user_id"].unique())]
         candidates = self.candidates(config)
-        if len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
+        if config.get("gated_choice"):  # a refit: the gated run's choice, on every rating before the night
+            chosen, choice_log = type(candidates[0])(**config["gated_choice"]), []
+            reason = "the gated run's choice (a refit never chooses again)"
+        elif len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
             _, chosen, choice_log = choose(self.fit_model, candidates, train, validation)
             reason = f"best NDCG@10 on the {config['validation_days']}-day validation window before the cutoff"
         else:
@@ -56,6 +59,9 @@ class ItemItemRecommender:
                  "item_budget": budget}
         return Fitted(stats, {"seconds": round(time.perf_counter() - started, 2), **budget},
                       {"items": len(model.movie_ids)})
+
+    def refit_config(self, config: dict, gated_stats: dict) -> dict:
+        return {**config, "gated_choice": gated_stats["chosen"]}
 
     def load(self, bundle, run, store: Store):
         return self.model_class.load(bundle.path(f"{self.name}.npz").parent)

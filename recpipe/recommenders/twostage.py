@@ -9,7 +9,8 @@ candidates ordered by reciprocal-rank fusion of AutoInt+'s rank with each source
 rank: sum of w / (60 + rank) over AutoInt+ (w = 1) and the sources (w chosen; all
 sources at 0 is AutoInt+'s own order). Nothing is trained: `fit` only chooses N and
 the source weights on a validation window before the training end and records them
-with the component runs' ids and artifact checksums.
+with the component runs' ids and artifact checksums; a refit keeps its gated run's N
+and weights (over its components' refits).
 
 The components were trained on the validation window too (they are the night's runs,
 never retrained), so the choice of N is made on data they saw; it never sees the
@@ -113,7 +114,10 @@ class TwoStageRecommender:
         grid = [dict(zip(SOURCES, combo))
                 for combo in itertools.product(sorted(set(map(float, config["source_weights"]))), repeat=len(SOURCES))]
         tried = []
-        if len(users) and (len(sizes) > 1 or len(grid) > 1):
+        if config.get("gated_choice"):  # a refit keeps the gated run's N and weights
+            chosen, weights = int(config["gated_choice"]["n"]), dict(config["gated_choice"]["weights"])
+            reason = "the gated run's choice (a refit never chooses again)"
+        elif len(users) and (len(sizes) > 1 or len(grid) > 1):
             # One pass at the largest N: a smaller N's candidates are a prefix of each source's list.
             pool = candidates(model.sources, history, users, max(sizes))
             pool = pool.assign(score=ranker_scores(model.ranker, store, history, pool))
@@ -148,6 +152,9 @@ class TwoStageRecommender:
         stats = {**stats, "n": chosen, "weights": weights, "chosen_because": reason, "choice_log": choice_log,
                  "combinations_tried": len(tried)}
         return Fitted(stats, {"seconds": round(time.perf_counter() - started, 2)}, {"validation_users": len(users)})
+
+    def refit_config(self, config: dict, gated_stats: dict) -> dict:
+        return {**config, "gated_choice": {"n": gated_stats["n"], "weights": gated_stats["weights"]}}
 
     def load(self, bundle, run, store: Store) -> TwoStage:
         from recpipe import runs
