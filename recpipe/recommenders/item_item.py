@@ -1,6 +1,7 @@
 """What EASE and item-kNN share behind the model interface: the configuration chosen on
 a validation window before the training cutoff (a night's refit keeps the gated run's
-choice), then a fit on everything before the cutoff, and scoring each user from the positives of the user's history.
+choice), then a fit on everything before the cutoff, and scoring each user from the
+positives of the user's history.
 """
 from __future__ import annotations
 
