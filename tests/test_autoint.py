@@ -139,6 +139,31 @@ def tiny_catalogue():
     return users, movies
 
 
+def test_shuffled_batches_cover_every_row_once_per_epoch_in_a_new_order():
+    from recpipe.models.autoint.fit import ShuffledBatches
+
+    X = np.arange(1003 * 2, dtype=np.int32).reshape(1003, 2)
+    y = np.arange(1003, dtype=np.float32)
+    batches = ShuffledBatches(X, y, 100, seed=3)
+    assert len(batches) == 11
+
+    def epoch():
+        parts = [batches[i] for i in range(len(batches))]
+        for xb, yb in parts:  # features and labels stay paired
+            np.testing.assert_array_equal(xb[:, 0] // 2, yb)
+        return np.concatenate([yb for _, yb in parts])
+
+    first = epoch()
+    batches.on_epoch_end()
+    second = epoch()
+    assert sorted(first) == sorted(second) == list(range(1003))  # every row once
+    assert not np.array_equal(first, second)  # reshuffled
+    again = ShuffledBatches(X, y, 100, seed=3)
+    np.testing.assert_array_equal(np.concatenate([again[i][1] for i in range(11)]), first)  # seeded
+    in_order = ShuffledBatches(X, y, 100, seed=None)
+    np.testing.assert_array_equal(np.concatenate([in_order[i][1] for i in range(11)]), y)
+
+
 def test_score_top_k_excludes_seen_and_ranks():
     from recpipe.features import FIELDS, FieldEncoders, derive_fields
 
