@@ -130,6 +130,30 @@ def test_itemknn_cosine_shrinkage_and_neighbour_cap():
     assert (np.count_nonzero(one, axis=0) <= 1).all()
 
 
+def test_itemknn_neighbours_are_each_columns_largest_with_ties_to_the_lower_item():
+    """The partition-based selection keeps what a stable full sort of each column keeps."""
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n, block = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        keep = int(rng.integers(1, n + 1))
+        sim = rng.integers(0, 4, (n, block)) / 3  # many ties, many zeros
+        top = np.argsort(-sim, axis=0, kind="stable")[:keep]
+        value = np.take_along_axis(sim, top, axis=0)
+        expected = {(r, c) for r, c, v in zip(top.ravel(), np.broadcast_to(np.arange(block), top.shape).ravel(),
+                                               value.ravel()) if v > 0}
+        rows, cols, _ = itemknn._top_per_column(sim, keep)
+        assert set(zip(rows.tolist(), cols.tolist())) == expected and len(rows) == len(expected)
+
+
+def test_itemknn_fit_many_gives_each_config_its_own_fit(data):
+    configs = [itemknn.ItemKNNConfig(neighbours=n, shrinkage=s, max_items=m)
+               for n in (1, 3, 50) for s in (0.0, 5.0) for m in (None, 8)]
+    for config, model in zip(configs, itemknn.fit_many(data, configs, block=7)):
+        alone = itemknn.fit(data, config, block=5)
+        assert model.config == config and np.array_equal(model.movie_ids, alone.movie_ids)
+        assert (model.W != alone.W).nnz == 0 and model.W.nnz == alone.W.nnz
+
+
 def test_choosers_pick_the_best_logged_candidate(data):
     liked = data[data["rating"] >= 4]
     held = liked.groupby("user_id").sample(1, random_state=3)

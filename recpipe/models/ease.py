@@ -134,13 +134,15 @@ def ndcg_at_k(top: pd.DataFrame, positives: pd.DataFrame, k: int = 10) -> float:
 
 
 def choose(fit_fn, candidates, train: pd.DataFrame, validation: pd.DataFrame, *, k: int = 10,
-           chunk_size: int = DEFAULT_CHUNK_USERS):
-    """Fit `fit_fn(train, candidate)` per candidate; score each validation user from the
-    user's train positives, excluding every movie the user has in train; keep the best
-    NDCG@k on `validation`'s positives. Returns (best_model, best_candidate, log)."""
+           chunk_size: int = DEFAULT_CHUNK_USERS, fit_all=None):
+    """Fit `fit_fn(train, candidate)` per candidate (or `fit_all(train, candidates)`, a
+    model per candidate at once, where they share work); score each validation user from
+    the user's train positives, excluding every movie the user has in train; keep the
+    best NDCG@k on `validation`'s positives. Returns (best_model, best_candidate, log)."""
     log, best = [], None
+    models = iter(fit_all(train, candidates)) if fit_all is not None else None
     for cand in candidates:
-        model = fit_fn(train, cand)
+        model = next(models) if models is not None else fit_fn(train, cand)
         lo = model.config.min_rating
         users = np.unique(validation["user_id"].to_numpy())
         tr = train[train["user_id"].isin(users)]

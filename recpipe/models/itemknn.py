@@ -61,33 +61,71 @@ class ItemKNNModel:
 def fit(interactions: pd.DataFrame, config: ItemKNNConfig = ItemKNNConfig(),
         block: int = 1024) -> ItemKNNModel:
     """interactions: user_id, movie_id, rating (one row per rating)."""
-    x, movie_ids = positives_matrix(interactions, config.min_rating, config.max_items)
-    xc = x.tocsc()
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    n = len(movie_ids)
-    keep = min(config.neighbours, max(n - 1, 0))
-    rows, cols, vals = [], [], []
-    for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        co = (x.T @ xc[:, lo:hi]).toarray()  # co-occurrence counts [items, block]
-        sim = co / (norms[:, None] * norms[None, lo:hi] + config.shrinkage + 1e-12)
-        sim[np.arange(lo, hi), np.arange(hi - lo)] = 0.0
-        if keep == 0:
-            continue
-        # stable sort of -sim: equal similarities keep the lower item index (movie_id)
-        top = np.argsort(-sim, axis=0, kind="stable")[:keep]
-        v = np.take_along_axis(sim, top, axis=0)
-        nz = v > 0
-        rows.append(top[nz])
-        cols.append(np.broadcast_to(np.arange(lo, hi), top.shape)[nz])
-        vals.append(v[nz])
-    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
-    w = sp.csr_matrix((cat(vals, np.float32), (cat(rows, np.int64), cat(cols, np.int64))), shape=(n, n))
-    return ItemKNNModel(w, movie_ids, config)
+    return fit_many(interactions, [config], block)[0]
+
+
+def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block: int = 1024) -> list[ItemKNNModel]:
+    """One model per config, as fit() would give each. Configs with the same positives
+    (min_rating, max_items) share one co-occurrence product per block, and the same
+    shrinkage one similarity and one selection (a smaller neighbour count keeps a prefix
+    of each column's order): choosing among neighbours x shrinkage candidates costs about
+    one fit, not one per candidate."""
+    models: dict[int, ItemKNNModel] = {}
+    by_positives: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        by_positives.setdefault((config.min_rating, config.max_items), []).append(i)
+    for (min_rating, max_items), members in by_positives.items():
+        x, movie_ids = positives_matrix(interactions, min_rating, max_items)
+        xc = x.tocsc()
+        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        n = len(movie_ids)
+        keeps = {i: min(configs[i].neighbours, max(n - 1, 0)) for i in members}
+        parts: dict[int, list[tuple]] = {i: [] for i in members}
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            co = (x.T @ xc[:, lo:hi]).toarray()  # co-occurrence counts [items, block]
+            for shrinkage in dict.fromkeys(configs[i].shrinkage for i in members):
+                same = [i for i in members if configs[i].shrinkage == shrinkage and keeps[i] > 0]
+                if not same:
+                    continue
+                sim = co / (norms[:, None] * norms[None, lo:hi] + shrinkage + 1e-12)
+                sim[np.arange(lo, hi), np.arange(hi - lo)] = 0.0
+                top_rows, top_cols, rank = _top_per_column(sim, max(keeps[i] for i in same))
+                values = sim[top_rows, top_cols]
+                for i in same:
+                    kept = rank < keeps[i]
+                    parts[i].append((top_rows[kept], top_cols[kept] + lo, values[kept]))
+        for i in members:
+            def cat(j: int, dtype) -> np.ndarray:
+                return np.concatenate([p[j] for p in parts[i]]).astype(dtype) if parts[i] else np.zeros(0, dtype)
+
+            w = sp.csr_matrix((cat(2, np.float32), (cat(0, np.int64), cat(1, np.int64))), shape=(n, n))
+            models[i] = ItemKNNModel(w, movie_ids, configs[i])
+    return [models[i] for i in range(len(configs))]
+
+
+def _top_per_column(sim: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, rank within the column from 0) of the `keep` largest positive
+    entries of each column, by column then rank; equal similarities keep the lower row
+    (movie_id). A partition finds each column's keep-th
+    largest value, and only the entries at or above it are sorted: a full sort of every
+    column (items log items each) was most of the fit at 20k items."""
+    n = sim.shape[0]
+    if keep < n:
+        floor = np.partition(sim, n - keep, axis=0)[n - keep]  # each column's keep-th largest
+    else:
+        floor = sim.min(axis=0)
+    r, c = np.nonzero((sim >= floor[None, :]) & (sim > 0))  # ties at the floor may add a few
+    order = np.lexsort((r, -sim[r, c], c))  # by column, similarity desc, row asc
+    r, c = r[order], c[order]
+    first = np.searchsorted(c, c, side="left")  # where each entry's column starts
+    rank = np.arange(len(c)) - first
+    kept = rank < keep
+    return r[kept], c[kept], rank[kept]
 
 
 def choose_config(train: pd.DataFrame, validation: pd.DataFrame, candidates: Iterable[ItemKNNConfig],
                   k: int = 10):
     """Best ItemKNNConfig by NDCG@k on `validation` (user_id, movie_id, rating), fitting on
     `train`. Returns (model, config, log of {candidate, ndcg@k})."""
-    return choose(lambda tr, cfg: fit(tr, cfg), list(candidates), train, validation, k=k)
+    return choose(fit, list(candidates), train, validation, k=k, fit_all=fit_many)

@@ -18,10 +18,12 @@ from recpipe.recommenders.base import Fitted, History, Store, empty_lists
 
 class ItemItemRecommender:
     """Subclasses set name, DEFAULTS and define candidates(config), fit_model(ratings,
-    candidate), model_class."""
+    candidate), model_class; and fit_all(ratings, candidates) where the candidates'
+    fits share work (None: one fit_model per candidate)."""
 
     name = ""
     DEFAULTS: dict = {}
+    fit_all = None
 
     def prepare(self, store: Store, plan, inputs, config: dict, train_until):
         ratings = store.ratings(before=train_until)
@@ -43,7 +45,7 @@ class ItemItemRecommender:
             chosen, choice_log = type(candidates[0])(**config["gated_choice"]), []
             reason = "the gated run's choice (a refit never chooses again)"
         elif len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
-            _, chosen, choice_log = choose(self.fit_model, candidates, train, validation)
+            _, chosen, choice_log = choose(self.fit_model, candidates, train, validation, fit_all=self.fit_all)
             reason = f"best NDCG@10 on the {config['validation_days']}-day validation window before the cutoff"
         else:
             chosen, choice_log = candidates[0], []

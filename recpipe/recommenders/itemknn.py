@@ -2,7 +2,7 @@
 neighbours and the shrinkage chosen every night on a validation window."""
 from __future__ import annotations
 
-from recpipe.models.itemknn import ItemKNNConfig, ItemKNNModel, fit
+from recpipe.models.itemknn import ItemKNNConfig, ItemKNNModel, fit, fit_many
 from recpipe.recommenders.base import merge_config
 from recpipe.recommenders.ease import _check_common
 from recpipe.recommenders.item_item import ItemItemRecommender
@@ -33,6 +33,9 @@ class ItemKNNRecommender(ItemItemRecommender):
 
     def fit_model(self, ratings, candidate: ItemKNNConfig):
         return fit(ratings, candidate)
+
+    def fit_all(self, ratings, candidates: list[ItemKNNConfig]):
+        return fit_many(ratings, candidates)
 
 
 RECOMMENDER = ItemKNNRecommender()
