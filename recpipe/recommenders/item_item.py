@@ -36,20 +36,23 @@ class ItemItemRecommender:
 
         ratings, train_until = data
         started = time.perf_counter()
-        split = train_until - timedelta(days=config["validation_days"])
-        train = ratings[ratings["rated_at"] < pd.Timestamp(split)]
-        validation = ratings[(ratings["rated_at"] >= pd.Timestamp(split))
-                             & ratings["user_id"].isin(train["user_id"].unique())]
         candidates = self.candidates(config)
+        validation = ratings.iloc[:0]
         if config.get("gated_choice"):  # a refit: the gated run's choice, on every rating before the night
             chosen, choice_log = type(candidates[0])(**config["gated_choice"]), []
             reason = "the gated run's choice (a refit never chooses again)"
-        elif len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
-            _, chosen, choice_log = choose(self.fit_model, candidates, train, validation, fit_all=self.fit_all)
-            reason = f"best NDCG@10 on the {config['validation_days']}-day validation window before the cutoff"
         else:
-            chosen, choice_log = candidates[0], []
-            reason = "the first candidate: the validation window has no positives of known users"
+            split = train_until - timedelta(days=config["validation_days"])
+            train = ratings[ratings["rated_at"] < pd.Timestamp(split)]
+            validation = ratings[(ratings["rated_at"] >= pd.Timestamp(split))
+                                 & ratings["user_id"].isin(train["user_id"].unique())]
+            if len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
+                _, chosen, choice_log = choose(self.fit_model, candidates, train, validation, fit_all=self.fit_all)
+                reason = f"best NDCG@10 on the {config['validation_days']}-day validation window before the cutoff"
+            else:
+                chosen, choice_log = candidates[0], []
+                reason = "the first candidate: the validation window has no positives of known users"
+            del train
         model = self.fit_model(ratings, chosen)  # refit on everything before the cutoff
         model.save(out_dir)
         positives = ratings.loc[ratings["rating"] >= config["min_rating"], "movie_id"]

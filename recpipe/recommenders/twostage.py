@@ -92,12 +92,16 @@ class TwoStageRecommender:
                                  f" {run.as_of:%Y-%m-%d}, not of the night {plan.night:%Y-%m-%d}")
         loaded = {m: LoadedRun(store, run) for m, run in components.items()}
         split = train_until - timedelta(days=config["validation_days"])
-        history = History.load(store, split)
-        window = store.ratings(before=train_until, since=split)
-        positives = window[(window["rating"] >= config["min_rating"]) & window["user_id"].isin(list(history.seen))]
-        users = np.sort(positives["user_id"].unique())
-        users = users[:: max(1, -(-len(users) // config["validation_users"]))]
-        positives = positives[positives["user_id"].isin(users)][["user_id", "movie_id"]]
+        if config.get("gated_choice"):  # a refit keeps the gated run's choice: no validation to build
+            history, users = None, np.zeros(0, np.int64)
+            positives = pd.DataFrame({"user_id": users, "movie_id": users})
+        else:
+            history = History.load(store, split)
+            window = store.ratings(before=train_until, since=split)
+            positives = window[(window["rating"] >= config["min_rating"]) & window["user_id"].isin(list(history.seen))]
+            users = np.sort(positives["user_id"].unique())
+            users = users[:: max(1, -(-len(users) // config["validation_users"]))]
+            positives = positives[positives["user_id"].isin(users)][["user_id", "movie_id"]]
         stats = {"train_until": train_until.isoformat(), "validation_from": split.isoformat(),
                  "validation_users": int(len(users)), "validation_positives": int(len(positives)),
                  "components": {m: {"run_id": r.run_id, "phase": r.phase, "artifact_sha256": r.artifact_sha256}
