@@ -116,3 +116,30 @@ def test_chunk_users_setting():
     for bad in ("0", "-3", "many"):
         with pytest.raises(ValueError, match="RECPIPE_CHUNK_USERS"):
             Settings.from_env({"RECPIPE_CHUNK_USERS": bad})
+
+
+def test_seen_movies_is_a_compact_mapping_that_flattens_like_a_dict_of_sets():
+    from recpipe.models.topk import group_lists
+    from recpipe.recommenders.base import SeenMovies
+
+    rng = np.random.default_rng(0)
+    users, movies = rng.integers(1, 50, 2000), rng.integers(1, 300, 2000)  # repeats included
+    seen = SeenMovies(users, movies)
+    as_sets = {}
+    for u, m in zip(users.tolist(), movies.tolist()):
+        as_sets.setdefault(u, set()).add(m)
+    assert list(seen) == sorted(as_sets) and len(seen) == len(as_sets)
+    assert all(seen[u].tolist() == sorted(ms) for u, ms in as_sets.items())
+    assert 0 not in seen and "a" not in seen and seen.get(0, ()) == ()
+    keys = [7, 0, 3, 99, 7]  # a user twice, users never seen
+    rows, values = flatten(group_lists(seen, keys))
+    expected = flatten([sorted(as_sets.get(k, ())) for k in keys])
+    assert np.array_equal(rows, expected[0]) and np.array_equal(values, expected[1])
+
+
+def test_unique_sorted_equals_np_unique():
+    from recpipe.models.topk import unique_sorted
+
+    rng = np.random.default_rng(1)
+    for values in (rng.integers(-5, 5, 100), rng.integers(0, 2**40, 1000), np.zeros(0, np.int64), np.array([3])):
+        assert np.array_equal(unique_sorted(values), np.unique(values))

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recpipe.models.topk import DEFAULT_CHUNK_USERS, chunked_top_k, exclusion_matrix, exclusions, flatten, \
-    group_lists
+    group_lists, unique_sorted
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class EASEConfig:
 # ------------------------------------------------------------------ shared helpers
 def item_index(movie_ids) -> np.ndarray:
     """Sorted unique movie ids: position = item index, so index order = movie_id order."""
-    return np.unique(np.asarray(movie_ids, dtype=np.int64))
+    return unique_sorted(np.asarray(movie_ids, dtype=np.int64))
 
 
 def encode(movie_ids: np.ndarray, items) -> np.ndarray:

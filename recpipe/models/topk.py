@@ -17,8 +17,20 @@ import scipy.sparse as sp
 DEFAULT_CHUNK_USERS = 512  # users scored at once: memory is chunk x items float64
 
 
+def unique_sorted(values) -> np.ndarray:
+    """np.unique(values) for integers, by a sort: numpy 2.4's np.unique (no return_*
+    options) hashes, ~40 s on 25M distinct int64 keys against ~0.3 s for this."""
+    values = np.sort(np.asarray(values).ravel())
+    return values[np.concatenate([[True], values[1:] != values[:-1]])] if len(values) else values
+
+
 def flatten(groups: Sequence[Iterable[int]]) -> tuple[np.ndarray, np.ndarray]:
     """(row, value) int64 arrays of a list of per-row iterables (row i repeated len(groups[i]))."""
+    if groups and all(isinstance(g, np.ndarray) or g == () for g in groups):  # SeenMovies: no per-value loop
+        lengths = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
+        parts = [g for g in groups if len(g)]
+        values = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return np.repeat(np.arange(len(groups), dtype=np.int64), lengths), values
     groups = [g if hasattr(g, "__len__") else list(g) for g in groups]
     lengths = np.fromiter((len(g) for g in groups), dtype=np.int64, count=len(groups))
     values = np.fromiter(itertools.chain.from_iterable(groups), dtype=np.int64, count=int(lengths.sum()))

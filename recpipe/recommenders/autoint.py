@@ -16,6 +16,7 @@ import pandas as pd
 
 from recpipe.features import POSITIVE_MIN_RATING, context_codes, encode_events, movie_codes, user_codes
 from recpipe.models.autoint.config import DEFAULT_CONFIG, AutoIntConfig
+from recpipe.models.topk import unique_sorted
 from recpipe.recommenders.base import Fitted, History, Store, WarmStartUnavailable, empty_lists, history_summary, \
     merge_config
 
@@ -187,7 +188,7 @@ def with_sampled_negatives(ratings, movie_ids: np.ndarray, per_rating: int, seed
     if per_rating > 0:
         rng = np.random.default_rng(seed)
         stride = int(max(movie_ids.max(), movies.max(initial=0))) + 1
-        seen = np.unique(users * stride + movies)
+        seen = unique_sorted(users * stride + movies)
         neg_source = np.repeat(np.arange(len(users)), per_rating)  # drawn in the frame's order
         picks = rng.choice(movie_ids, size=len(neg_source)).astype(np.int64)
         for _ in range(10):  # re-draw the few samples that hit a rated movie

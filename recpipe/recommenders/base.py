@@ -28,13 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
 from recpipe.config import Settings
+from recpipe.models.topk import unique_sorted
 
 LIST_COLUMNS = ["user_id", "rank", "movie_id", "score"]
 PUBLISHED_COLUMNS = [*LIST_COLUMNS, "fallback"]
@@ -80,19 +82,56 @@ class Store:
         return self._cached(("sessions", build_id), lambda: load_session_build(self.engine, build_id))
 
 
+class SeenMovies(Mapping):
+    """user_id -> the movie_ids the user rated (a sorted int64 array), held as one CSR:
+    users, offsets, movies. 16 bytes a rating, against ~90 in a dict of Python sets
+    (2 GiB at 25M ratings, in every stage that loads a History)."""
+
+    def __init__(self, user_ids: np.ndarray, movie_ids: np.ndarray):
+        user_ids, movie_ids = np.asarray(user_ids, np.int64), np.asarray(movie_ids, np.int64)
+        stride = int(movie_ids.max(initial=0)) + 1  # ids are positive int32: the key fits int64
+        pairs = unique_sorted(user_ids * stride + movie_ids)  # by user, then movie; each pair once
+        users, self._movies = np.divmod(pairs, stride)
+        starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]])) if len(users) else users
+        self._users = users[starts]
+        self._offsets = np.append(starts, len(users))
+
+    def _position(self, user) -> int:
+        try:
+            user = int(user)
+        except (TypeError, ValueError):
+            return -1
+        i = int(np.searchsorted(self._users, user))
+        return i if i < len(self._users) and self._users[i] == user else -1
+
+    def __getitem__(self, user) -> np.ndarray:
+        i = self._position(user)
+        if i < 0:
+            raise KeyError(user)
+        return self._movies[self._offsets[i]:self._offsets[i + 1]]
+
+    def __contains__(self, user) -> bool:
+        return self._position(user) >= 0
+
+    def __iter__(self):
+        return iter(self._users.tolist())
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
 @dataclass
 class History:
     """What the system knew before `as_of`: the ratings, and per-user seen movies."""
 
     as_of: datetime
     ratings: pd.DataFrame  # user_id, movie_id, rating, ts, line_no, rated_at
-    seen: dict[int, set[int]]
+    seen: Mapping[int, Iterable[int]]  # SeenMovies when loaded
 
     @classmethod
     def load(cls, store: Store, as_of: datetime) -> "History":
         ratings = store.ratings(before=as_of)
-        seen = {int(u): set(m.tolist()) for u, m in ratings.groupby("user_id")["movie_id"]}
-        return cls(as_of, ratings, seen)
+        return cls(as_of, ratings, SeenMovies(ratings["user_id"].to_numpy(), ratings["movie_id"].to_numpy()))
 
     @property
     def users(self) -> np.ndarray:

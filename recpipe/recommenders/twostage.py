@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recpipe.models.topk import ranks_within
+from recpipe.models.topk import ranks_within, unique_sorted
 from recpipe.plan import LIST_LENGTH
 from recpipe.recommenders.base import Fitted, History, Store, empty_lists, merge_config
 
@@ -204,7 +204,7 @@ def candidates(sources: dict, history: History, user_ids, n: int) -> pd.DataFram
                     + [int(frame["movie_id"].max()) for frame in lists.values() if len(frame)])
     keys = {name: frame["user_id"].to_numpy(np.int64) * width + frame["movie_id"].to_numpy(np.int64)
             for name, frame in lists.items()}
-    pool = np.unique(np.concatenate([np.zeros(0, np.int64), *keys.values()]))  # sorted: user, then movie
+    pool = unique_sorted(np.concatenate([np.zeros(0, np.int64), *keys.values()]))  # sorted: user, then movie
     # The sources exclude seen movies already; the union is filtered again so no source can leak one.
     # A search of the seen keys in the sorted pool: no sort of the (much longer) seen side.
     at, found = _find(pool, seen["user_id"].to_numpy(np.int64) * width + seen["movie_id"].to_numpy(np.int64))
