@@ -1,6 +1,7 @@
 """The whole nightly on generated data at growing sizes, one stage at a time.
 
     python bench/scale.py [--sizes 1M,5M,25M] [--epochs 1] [--deadline 07:15] [--out scale]
+    python bench/scale.py --sizes 25M --models popularity,autoint --stop-after train_autoint  # one model
 
 Per size: recpipe.generate writes the generic CSV format (timed, not a pipeline stage)
 into a scratch folder; a fresh PostgreSQL database gets recpipe's ingest and, in the
@@ -198,6 +199,7 @@ class Bench:
             "benchmark": args.out, "started_at": datetime.now(timezone.utc).isoformat(), "machine": machine(),
             "command": " ".join(sys.argv), "epochs": args.epochs, "ship": "gated (no refit stages)",
             "train_sample": None, "model_overrides": args.model_overrides, "stop_after": args.stop_after,
+            "models": args.models,
             "gate": "opened (no floors, no baseline to beat): every model is published" if args.open_gate
                     else "as configured (recpipe/gate.yaml): only promoted models are published",
             "rss_method": "os.wait4 rusage ru_maxrss of each stage's child process (RUSAGE_CHILDREN of that"
@@ -341,7 +343,8 @@ class Bench:
                 night = datetime.fromisoformat(ingested["night"])
                 settings = Settings.from_env().with_(database_url=url)
                 plan = make_plan(settings, night, PipelineParams(ship="gated"), epochs=self.args.epochs,
-                                 gate_overrides=self.gate_overrides(), model_overrides=self.args.model_overrides)
+                                 gate_overrides=self.gate_overrides(), model_overrides=self.args.model_overrides,
+                                 models=tuple(self.args.models.split(",")) if self.args.models else None)
                 state["plan"] = plan.to_dict()
                 entry["night"] = night.isoformat()
                 order = ["check_data", "rebuild_encodings", "rebuild_sessions"]
@@ -472,6 +475,7 @@ def main() -> None:
     parser.add_argument("--model-overrides", type=json.loads, default={},
                         help='JSON {model: {key: value}} for every size, e.g. \'{"autoint": {"catalogue_limit": 500}}\''
                              ' (stated in the JSON)')
+    parser.add_argument("--models", help="comma-separated registered models to train (default: all; stated in the JSON)")
     parser.add_argument("--stop-after", help="a pipeline stage (e.g. train_autoint): run the night up to it only"
                                              " (stated in the JSON)")
     parser.add_argument("--merge", help="NAME,OTHER[,...]: merge results OTHER into NAME (no run)")

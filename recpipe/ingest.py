@@ -339,22 +339,49 @@ def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
         ("repeat", ">i2", marks)])
 
 
-def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]]) -> None:
-    """COPY integer columns in PostgreSQL's binary format, built by numpy in one pass
-    (several times faster than writing CSV text). Values fit their types: the parser
-    checked every range."""
+def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]],
+                 chunk_rows: int = 1 << 16) -> None:
+    """COPY integer columns in PostgreSQL's binary format, built by numpy (several times
+    faster than writing CSV text) a chunk of rows at a time and streamed: memory is one
+    chunk, not the whole payload (about 60 bytes a rating, held three times over when
+    built at once: 4 GiB at 25M). Values fit their types: the parser checked every range."""
     layout = [("fields", ">i2")]
     for name, dtype, _ in columns:
         layout += [(f"{name}_len", ">i4"), (name, dtype)]
-    records = np.empty(len(columns[0][2]), dtype=layout)
-    records["fields"] = len(columns)
-    for name, dtype, values in columns:
-        records[f"{name}_len"] = np.dtype(dtype).itemsize
-        records[name] = np.asarray(values)
-    payload = b"PGCOPY\n\xff\r\n\x00" + bytes(8) + records.tobytes() + b"\xff\xff"
+    arrays = [(name, np.asarray(values)) for name, _, values in columns]
+    n = len(arrays[0][1])
+
+    def parts():
+        yield b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+        for lo in range(0, n, chunk_rows):
+            records = np.empty(min(chunk_rows, n - lo), dtype=layout)
+            records["fields"] = len(columns)
+            for (name, dtype, _), (_, values) in zip(columns, arrays):
+                records[f"{name}_len"] = np.dtype(dtype).itemsize
+                records[name] = values[lo:lo + chunk_rows]
+            yield records.tobytes()
+        yield b"\xff\xff"
+
     with raw_cursor(conn) as cur:
         cur.copy_expert(f"COPY {table} ({', '.join(c[0] for c in columns)}) FROM STDIN WITH (FORMAT binary)",
-                        io.BytesIO(payload))
+                        _Stream(parts()), size=1 << 20)
+
+
+class _Stream:
+    """A read()-able file over an iterator of byte strings (what copy_expert reads)."""
+
+    def __init__(self, parts):
+        self._parts, self._view = iter(parts), memoryview(b"")
+
+    def read(self, size: int = -1) -> bytes:
+        while not len(self._view):
+            part = next(self._parts, None)
+            if part is None:
+                return b""
+            self._view = memoryview(part)
+        size = len(self._view) if size is None or size < 0 else size
+        out, self._view = self._view[:size], self._view[size:]
+        return out.tobytes()
 
 
 # Above this many staged ratings, the foreign keys of `ratings` are dropped for the
