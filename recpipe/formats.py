@@ -171,7 +171,7 @@ def parse_csv_ratings(path: Path, header: str) -> Parsed:
     src = source._read_source(path)
     _check_header(src, path, header)
     data, starts, ends = src.data, src.starts, src.ends
-    ok, (u, m, x2, t) = _fast_csv_ratings(data, starts, ends)
+    ok, (u, m, x2, t) = _fast_csv_ratings_in_passes(data, starts, ends)
     rejected, slow_good = [], []
     for i in np.flatnonzero(~ok)[1:] if len(ok) else []:  # [1:]: the header
         line = data[starts[i]: ends[i]]
@@ -192,15 +192,41 @@ def parse_csv_ratings(path: Path, header: str) -> Parsed:
                   starts, ends)
 
 
-def _fast_csv_ratings(data: bytes, starts: np.ndarray, ends: np.ndarray):
+# Lines per vectorised pass: the pass's temporaries (a few int64 arrays per line and per
+# comma) are bounded by this, not by the file (at 25M lines they were most of the
+# ingest's 7.2 GiB peak).
+FAST_PARSE_LINES = 1 << 21
+
+
+def _fast_csv_ratings_in_passes(data: bytes, starts: np.ndarray, ends: np.ndarray):
+    """_fast_csv_ratings over FAST_PARSE_LINES lines at a time (the header in the first)."""
+    n, lines = len(starts), FAST_PARSE_LINES
+    if n <= lines:
+        return _fast_csv_ratings(data, starts, ends)
+    view = memoryview(data)
+    oks, values = [], []
+    for first in range(0, n, lines):
+        last = min(first + lines, n)
+        lo, hi = int(starts[first]), int(ends[last - 1])
+        ok, vals = _fast_csv_ratings(view[lo:hi], starts[first:last] - lo, ends[first:last] - lo,
+                                     header=first == 0)
+        oks.append(ok)
+        values.append(vals)
+    return np.concatenate(oks), tuple(np.concatenate(column) for column in zip(*values))
+
+
+def _fast_csv_ratings(data: bytes, starts: np.ndarray, ends: np.ndarray, header: bool = True):
     """Which lines are exactly `digits,digits,D[.D],digits` (+ optional CR) with values in
-    range (the header never is), and (user, movie, half stars, ts) of those lines."""
+    range (the header, the first line when `header`, never is), and (user, movie, half
+    stars, ts) of those lines."""
     n = len(starts)
     ok = np.zeros(n, bool)
     empty = np.empty(0, np.int64)
     if n == 0:
         return ok, (empty, empty, empty, empty)
     buf = np.frombuffer(data, np.uint8)
+    if len(buf) == 0:  # only empty lines: the per-line path names them
+        return ok, (empty, empty, empty, empty)
     cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
     stop = ends - cr
     # Lines holding any byte but digits, ',' and '.' (a final CR aside) go to the slow path.
@@ -214,7 +240,8 @@ def _fast_csv_ratings(data: bytes, starts: np.ndarray, ends: np.ndarray):
     first_dot = np.searchsorted(dots, starts)
     n_dots = np.searchsorted(dots, stop) - first_dot
     cand = np.flatnonzero((n_odd == 0) & (n_commas == 3) & (n_dots <= 1))
-    cand = cand[cand > 0]  # line 1 is the header
+    if header:
+        cand = cand[cand > 0]  # line 1 is the header
     c = commas[first_comma[cand, None] + np.arange(3)[None, :]]
     s, e = starts[cand], stop[cand]
     r_lo, r_len = c[:, 1] + 1, c[:, 2] - c[:, 1] - 1

@@ -86,11 +86,16 @@ def test_ml25m_ratings_every_line_stored_or_quarantined_with_its_bytes(tmp_path)
     assert parsed.rejected["ts"].tolist()[1:3] == [T + 6, T + 7]  # placed in their interval
 
 
-def test_csv_ratings_fast_path_agrees_with_the_line_by_line_rules(tmp_path):
+@pytest.mark.parametrize("pass_lines", [None, 7])
+def test_csv_ratings_fast_path_agrees_with_the_line_by_line_rules(tmp_path, monkeypatch, pass_lines):
     """Seeded near-valid and random lines: the vectorised path stores exactly what the
     per-line rules accept, with their values; every other line is rejected with the
-    per-line reason and its exact bytes."""
+    per-line reason and its exact bytes. Also in passes of 7 lines (a pass boundary
+    every few lines, as at 25M lines in passes of FAST_PARSE_LINES)."""
     import numpy as np
+
+    if pass_lines:
+        monkeypatch.setattr(formats, "FAST_PARSE_LINES", pass_lines)
 
     rng = np.random.default_rng(12)
     alphabet = np.frombuffer(b"0123456789,,,..5\"\r \x00\xffx-", np.uint8)
