@@ -107,9 +107,9 @@ def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block
 def _top_per_column(sim: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, rank within the column from 0) of the `keep` largest positive
     entries of each column, by column then rank; equal similarities keep the lower row
-    (movie_id). A partition finds each column's keep-th
-    largest value, and only the entries at or above it are sorted: a full sort of every
-    column (items log items each) was most of the fit at 20k items."""
+    (movie_id). A partition finds each column's keep-th largest value, and only the
+    entries at or above it are sorted: a full sort of every column (items log items
+    each) was most of the fit at 20k items."""
     n = sim.shape[0]
     if keep < n:
         floor = np.partition(sim, n - keep, axis=0)[n - keep]  # each column's keep-th largest
