@@ -154,8 +154,15 @@ def raw_cursor(conn: sa.Connection):
     cur = dbapi.cursor()
     try:
         yield cur
+    except BaseException as exc:
+        # SQLAlchemy never saw this error, so it cannot tell the server is gone: without this the
+        # pool tries to reset the dead connection and logs a traceback beside our one-line failure.
+        if dbapi.closed:
+            conn.invalidate(exc if isinstance(exc, Exception) else None)
+        raise
     finally:
-        cur.close()
+        if not dbapi.closed:
+            cur.close()
 
 
 def copy_frame(conn: sa.Connection, table: str, frame, columns: list[str]) -> int:
