@@ -68,7 +68,7 @@ def main() -> None:
     validation = validation[validation["user_id"].isin(train["user_id"].unique())]
     candidates = [itemknn.ItemKNNConfig(neighbours=n, shrinkage=s, max_items=20_000)
                   for n in (50, 200) for s in (0.0, 10.0)]
-    sides = {"reference": lambda: choose(reference_fit, candidates, train, validation),
+    sides = {"reference": lambda: choose(((c, reference_fit(train, c)) for c in candidates), train, validation),
              "recpipe": lambda: itemknn.choose_config(train, validation, candidates)}
     result = {"probe_before": matmul_gflops(), "load_before": load_average(), "ratings": args.ratings,
               "items": gen["items"], "users": gen["users"], "candidates": len(candidates), "runs": []}

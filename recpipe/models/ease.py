@@ -133,24 +133,24 @@ def ndcg_at_k(top: pd.DataFrame, positives: pd.DataFrame, k: int = 10) -> float:
     return total / len(wanted) if len(wanted) else float("nan")
 
 
-def choose(fit_fn, candidates, train: pd.DataFrame, validation: pd.DataFrame, *, k: int = 10,
-           chunk_size: int = DEFAULT_CHUNK_USERS, fit_all=None):
-    """Fit `fit_fn(train, candidate)` per candidate (or `fit_all(train, candidates)`, a
-    model per candidate at once, where they share work); score each validation user from
-    the user's train positives, excluding every movie the user has in train; keep the
-    best NDCG@k on `validation`'s positives. Returns (best_model, best_candidate, log)."""
+def choose(fitted: Iterable[tuple[object, object]], train: pd.DataFrame, validation: pd.DataFrame, *,
+           k: int = 10, chunk_size: int = DEFAULT_CHUNK_USERS):
+    """The best of `fitted`, (candidate, model fitted on `train`) pairs (a generator
+    fits one at a time): each validation user is scored from the user's train positives,
+    every movie the user has in train excluded; the best NDCG@k on `validation`'s
+    positives wins. Returns (best_model, best_candidate, log)."""
+    users = np.unique(validation["user_id"].to_numpy())
+    tr = train[train["user_id"].isin(users)]
+    seen = tr.groupby("user_id")["movie_id"].agg(list)
+    exclude = {int(u): seen.get(u, []) for u in users}
+    histories_by_floor = {}  # candidates usually share min_rating
     log, best = [], None
-    models = iter(fit_all(train, candidates)) if fit_all is not None else None
-    for cand in candidates:
-        model = next(models) if models is not None else fit_fn(train, cand)
+    for cand, model in fitted:
         lo = model.config.min_rating
-        users = np.unique(validation["user_id"].to_numpy())
-        tr = train[train["user_id"].isin(users)]
-        hist = tr[tr["rating"] >= lo].groupby("user_id")["movie_id"].agg(list)
-        seen = tr.groupby("user_id")["movie_id"].agg(list)
-        histories = {int(u): hist.get(u, []) for u in users}
-        exclude = {int(u): seen.get(u, []) for u in users}
-        top = model.score_top_k(histories, exclude, k, chunk_size=chunk_size)
+        if lo not in histories_by_floor:
+            hist = tr[tr["rating"] >= lo].groupby("user_id")["movie_id"].agg(list)
+            histories_by_floor[lo] = {int(u): hist.get(u, []) for u in users}
+        top = model.score_top_k(histories_by_floor[lo], exclude, k, chunk_size=chunk_size)
         value = ndcg_at_k(top, validation[validation["rating"] >= lo], k)
         log.append({"candidate": asdict(cand) if is_dataclass(cand) else cand, f"ndcg@{k}": value})
         if best is None or value > best[2]:
@@ -200,6 +200,5 @@ def choose_lambda(train: pd.DataFrame, validation: pd.DataFrame, candidates: Ite
                   min_rating: int = 4, k: int = 10, max_items: int | None = None):
     """Best lambda by NDCG@k on `validation` (user_id, movie_id, rating), fitting on `train`.
     Returns (model, lambda, log of {candidate, ndcg@k})."""
-    return choose(lambda tr, lam: fit(tr, EASEConfig(lambda_=float(lam), min_rating=min_rating,
-                                                     max_items=max_items)),
-                  list(candidates), train, validation, k=k)
+    return choose(((lam, fit(train, EASEConfig(lambda_=float(lam), min_rating=min_rating, max_items=max_items)))
+                   for lam in candidates), train, validation, k=k)

@@ -128,4 +128,5 @@ def choose_config(train: pd.DataFrame, validation: pd.DataFrame, candidates: Ite
                   k: int = 10):
     """Best ItemKNNConfig by NDCG@k on `validation` (user_id, movie_id, rating), fitting on
     `train`. Returns (model, config, log of {candidate, ndcg@k})."""
-    return choose(fit, list(candidates), train, validation, k=k, fit_all=fit_many)
+    candidates = list(candidates)
+    return choose(zip(candidates, fit_many(train, candidates)), train, validation, k=k)

@@ -18,12 +18,15 @@ from recpipe.recommenders.base import Fitted, History, Store, empty_lists
 
 class ItemItemRecommender:
     """Subclasses set name, DEFAULTS and define candidates(config), fit_model(ratings,
-    candidate), model_class; and fit_all(ratings, candidates) where the candidates'
-    fits share work (None: one fit_model per candidate)."""
+    candidate), model_class; and fit_models(ratings, candidates) where the candidates'
+    fits share work."""
 
     name = ""
     DEFAULTS: dict = {}
-    fit_all = None
+
+    def fit_models(self, ratings, candidates):
+        """A model per candidate, in order (a generator: one fit in memory at a time)."""
+        return (self.fit_model(ratings, candidate) for candidate in candidates)
 
     def prepare(self, store: Store, plan, inputs, config: dict, train_until):
         ratings = store.ratings(before=train_until)
@@ -47,7 +50,7 @@ class ItemItemRecommender:
             validation = ratings[(ratings["rated_at"] >= pd.Timestamp(split))
                                  & ratings["user_id"].isin(train["user_id"].unique())]
             if len(candidates) > 1 and not train.empty and (validation["rating"] >= config["min_rating"]).any():
-                _, chosen, choice_log = choose(self.fit_model, candidates, train, validation, fit_all=self.fit_all)
+                _, chosen, choice_log = choose(zip(candidates, self.fit_models(train, candidates)), train, validation)
                 reason = f"best NDCG@10 on the {config['validation_days']}-day validation window before the cutoff"
             else:
                 chosen, choice_log = candidates[0], []

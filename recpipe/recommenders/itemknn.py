@@ -34,7 +34,7 @@ class ItemKNNRecommender(ItemItemRecommender):
     def fit_model(self, ratings, candidate: ItemKNNConfig):
         return fit(ratings, candidate)
 
-    def fit_all(self, ratings, candidates: list[ItemKNNConfig]):
+    def fit_models(self, ratings, candidates: list[ItemKNNConfig]):
         return fit_many(ratings, candidates)
 
 
