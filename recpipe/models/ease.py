@@ -155,6 +155,7 @@ def choose(fitted: Iterable[tuple[object, object]], train: pd.DataFrame, validat
         log.append({"candidate": asdict(cand) if is_dataclass(cand) else cand, f"ndcg@{k}": value})
         if best is None or value > best[2]:
             best = (model, cand, value)
+        del model, top  # a loser is freed before the next candidate's fit
     return best[0], best[1], log
 
 
