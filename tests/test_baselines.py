@@ -154,6 +154,28 @@ def test_itemknn_fit_many_gives_each_config_its_own_fit(data):
         assert (model.W != alone.W).nnz == 0 and model.W.nnz == alone.W.nnz
 
 
+def test_ease_fit_many_shares_the_gram_and_matches_a_float64_inverse(data, monkeypatch):
+    configs = [ease.EASEConfig(lambda_=lam, min_rating=r, max_items=m)
+               for lam in (1.0, 30.0) for r in (3, 4) for m in (None, 8)]
+    for config, model in zip(configs, ease.fit_many(data, configs)):
+        x, movie_ids = ease.positives_matrix(data, config.min_rating, config.max_items)
+        gram = (x.T @ x).toarray().astype(np.float64) + config.lambda_ * np.eye(len(movie_ids))
+        p = np.linalg.inv(gram)  # the textbook closed form, in float64
+        expected = -p / np.diag(p)[None, :]
+        np.fill_diagonal(expected, 0.0)
+        assert model.config == config and np.array_equal(model.movie_ids, movie_ids)
+        assert model.B.dtype == np.float32
+        np.testing.assert_allclose(model.B, expected, atol=1e-5)
+        np.testing.assert_array_equal(model.B, ease.fit(data, config).B)
+    assert ease._inverse_spd(np.array([[1.0, 2.0], [2.0, 1.0]], np.float32)) is None  # not positive definite
+    # where float32's Cholesky breaks down, the fit redoes the inverse in float64
+    cholesky = ease.fit(data, configs[0]).B
+    monkeypatch.setattr(ease, "_inverse_spd", lambda a: None)
+    fallback = ease.fit(data, configs[0]).B
+    assert fallback.dtype == np.float32 and not np.array_equal(fallback, cholesky)  # another path ran
+    np.testing.assert_allclose(fallback, cholesky, atol=1e-5)
+
+
 def test_choosers_pick_the_best_logged_candidate(data):
     liked = data[data["rating"] >= 4]
     held = liked.groupby("user_id").sample(1, random_state=3)

