@@ -130,8 +130,9 @@ def test_itemknn_cosine_shrinkage_and_neighbour_cap():
     assert (np.count_nonzero(one, axis=0) <= 1).all()
 
 
-def test_itemknn_neighbours_are_each_columns_largest_with_ties_to_the_lower_item():
-    """The partition-based selection keeps what a stable full sort of each column keeps."""
+def test_itemknn_neighbours_are_each_items_largest_with_ties_to_the_lower_item():
+    """The partition-based selection keeps what a stable full sort of each item's
+    similarities keeps (a column of `sim` here, a row of the fit's block)."""
     rng = np.random.default_rng(0)
     for _ in range(100):
         n, block = int(rng.integers(1, 30)), int(rng.integers(1, 5))
@@ -141,8 +142,8 @@ def test_itemknn_neighbours_are_each_columns_largest_with_ties_to_the_lower_item
         value = np.take_along_axis(sim, top, axis=0)
         expected = {(r, c) for r, c, v in zip(top.ravel(), np.broadcast_to(np.arange(block), top.shape).ravel(),
                                                value.ravel()) if v > 0}
-        rows, cols, _ = itemknn._top_per_column(sim, keep)
-        assert set(zip(rows.tolist(), cols.tolist())) == expected and len(rows) == len(expected)
+        items, near, _ = itemknn._top_per_row(sim.T, keep)
+        assert set(zip(near.tolist(), items.tolist())) == expected and len(near) == len(expected)
 
 
 def test_itemknn_fit_many_gives_each_config_its_own_fit(data):

@@ -3,11 +3,13 @@
 sim(i, j) = |U_i & U_j| / (sqrt(|U_i|) sqrt(|U_j|) + shrinkage), diagonal zero. For
 each item j only its `neighbours` most similar items i are kept (column j of the
 sparse W), and a user's score for j is sum over the user's history items i of W_ij
-(x_u W). Similarities are computed a block of columns at a time, so memory is
-items x block, not items x items.
+(x_u W). Similarities are computed a block of items at a time, so memory is
+items x block per thread, not items x items.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -18,6 +20,9 @@ import scipy.sparse as sp
 
 from recpipe.models.ease import choose, history_rows, load_arrays, positives_matrix, save_arrays, top_k_frame
 from recpipe.models.topk import DEFAULT_CHUNK_USERS
+
+
+FIT_THREADS = min(4, os.cpu_count() or 1)  # blocks in flight: each holds ~12 bytes x items x block
 
 
 @dataclass(frozen=True)
@@ -68,8 +73,9 @@ def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block
     """One model per config, as fit() would give each. Configs with the same positives
     (min_rating, max_items) share one co-occurrence product per block, and the same
     shrinkage one similarity and one selection (a smaller neighbour count keeps a prefix
-    of each column's order): choosing among neighbours x shrinkage candidates costs about
-    one fit, not one per candidate."""
+    of each item's order): choosing among neighbours x shrinkage candidates costs about
+    one fit, not one per candidate. Blocks run on FIT_THREADS threads (scipy's sparse
+    product and numpy's partition release the GIL)."""
     models: dict[int, ItemKNNModel] = {}
     by_positives: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
@@ -80,21 +86,29 @@ def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
         n = len(movie_ids)
         keeps = {i: min(configs[i].neighbours, max(n - 1, 0)) for i in members}
-        parts: dict[int, list[tuple]] = {i: [] for i in members}
-        for lo in range(0, n, block):
+        by_shrinkage: dict[float, list[int]] = {}
+        for i in members:
+            if keeps[i] > 0:
+                by_shrinkage.setdefault(configs[i].shrinkage, []).append(i)
+
+        def neighbours(lo: int) -> list[tuple]:
+            """(config, W rows = neighbours, W columns = items lo.., similarities) of a block."""
             hi = min(lo + block, n)
-            co = (x.T @ xc[:, lo:hi]).toarray()  # co-occurrence counts [items, block]
-            for shrinkage in dict.fromkeys(configs[i].shrinkage for i in members):
-                same = [i for i in members if configs[i].shrinkage == shrinkage and keeps[i] > 0]
-                if not same:
-                    continue
-                sim = co / (norms[:, None] * norms[None, lo:hi] + shrinkage + 1e-12)
-                sim[np.arange(lo, hi), np.arange(hi - lo)] = 0.0
-                top_rows, top_cols, rank = _top_per_column(sim, max(keeps[i] for i in same))
-                values = sim[top_rows, top_cols]
-                for i in same:
-                    kept = rank < keeps[i]
-                    parts[i].append((top_rows[kept], top_cols[kept] + lo, values[kept]))
+            co = (xc[:, lo:hi].T @ x).toarray()  # co-occurrence counts [block, items] (symmetric: a row per item)
+            out = []
+            for shrinkage, same in by_shrinkage.items():
+                sim = co / (norms[lo:hi, None] * norms[None, :] + shrinkage + 1e-12)
+                sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0
+                items, near, rank = _top_per_row(sim, max(keeps[i] for i in same))
+                values = sim[items, near]
+                out += [(i, near[rank < keeps[i]], items[rank < keeps[i]] + lo, values[rank < keeps[i]]) for i in same]
+            return out
+
+        parts: dict[int, list[tuple]] = {i: [] for i in members}
+        with ThreadPoolExecutor(FIT_THREADS) as pool:
+            for found in pool.map(neighbours, range(0, n, block)):  # in block order: deterministic
+                for i, rows, cols, values in found:
+                    parts[i].append((rows, cols, values))
         for i in members:
             def cat(j: int, dtype) -> np.ndarray:
                 return np.concatenate([p[j] for p in parts[i]]).astype(dtype) if parts[i] else np.zeros(0, dtype)
@@ -104,22 +118,22 @@ def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block
     return [models[i] for i in range(len(configs))]
 
 
-def _top_per_column(sim: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, rank within the column from 0) of the `keep` largest positive
-    entries of each column, by column then rank; equal similarities keep the lower row
-    (movie_id). A partition finds each column's keep-th largest value, and only the
-    entries at or above it are sorted: a full sort of every column (items log items
-    each) was most of the fit at 20k items."""
-    n = sim.shape[0]
+def _top_per_row(sim: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, rank within the row from 0) of the `keep` largest positive entries
+    of each row, by row then rank; equal similarities keep the lower column (movie_id).
+    A partition finds each row's keep-th largest value, and only the entries at or above
+    it are sorted: a full sort of every row (items log items each) was most of the fit
+    at 20k items."""
+    n = sim.shape[1]
     if keep < n:
-        floor = np.partition(sim, n - keep, axis=0)[n - keep]  # each column's keep-th largest
+        floor = np.partition(sim, n - keep, axis=1)[:, n - keep]  # each row's keep-th largest
     else:
-        floor = sim.min(axis=0)
-    r, c = np.nonzero((sim >= floor[None, :]) & (sim > 0))  # ties at the floor may add a few
-    order = np.lexsort((r, -sim[r, c], c))  # by column, similarity desc, row asc
+        floor = sim.min(axis=1)
+    r, c = np.nonzero((sim >= floor[:, None]) & (sim > 0))  # ties at the floor may add a few
+    order = np.lexsort((c, -sim[r, c], r))  # by row, similarity desc, column asc
     r, c = r[order], c[order]
-    first = np.searchsorted(c, c, side="left")  # where each entry's column starts
-    rank = np.arange(len(c)) - first
+    first = np.searchsorted(r, r, side="left")  # where each entry's row starts
+    rank = np.arange(len(r)) - first
     kept = rank < keep
     return r[kept], c[kept], rank[kept]
 
