@@ -333,11 +333,47 @@ def test_sampled_training_step_moves_only_candidate_outputs(loss):
     before = out.get_weights()[0].copy()
     x = [items, np.zeros((2, 3), np.float32), targets, weights]
     first = float(train_model.train_on_batch(x, np.zeros((2, 3), np.float32), sample_weight=weights))
-    moved = np.abs(out.get_weights()[0] - before).max(axis=0) > 0
+    moved = np.abs(out.get_weights()[0] - before).max(axis=1) > 0  # a row per item
     assert set(np.flatnonzero(moved)) == {2, 3, 5, 6, 7, 8}
     for _ in range(20):
         last = float(train_model.train_on_batch(x, np.zeros((2, 3), np.float32), sample_weight=weights))
     assert np.isfinite(first) and last < first
+
+
+def test_lazy_adam_moves_only_the_rows_a_batch_touches_and_is_adam_on_them():
+    """Two steps on an embedding table (rows 1, 3 then 3, 3): untouched rows never move,
+    a row's moments wait while it is unused, a row gathered twice gets one summed update;
+    dense weights get Keras's own Adam step."""
+    import keras
+
+    from recpipe.models.lazy_adam import LazyAdam
+
+    emb = keras.layers.Embedding(5, 2, embeddings_initializer="ones")
+    dense = keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)
+    model = keras.Sequential([keras.Input((2,), dtype="int32"), emb, keras.layers.Flatten(), dense])
+    model.compile(optimizer=LazyAdam(0.1), loss="mse")
+    reference = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)])
+    reference.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    m, v = np.zeros((5, 2)), np.zeros((5, 2))
+    table = np.ones((5, 2))
+    for step, rows in enumerate(([1, 3], [3, 3]), start=1):
+        x = np.array([rows], np.int32)
+        flat = table[rows].reshape(1, 4)
+        w = dense.get_weights()[0][:, 0]
+        residual = flat @ w - 2.0  # d(mse)/d(prediction) = 2 * residual
+        grad = np.zeros((5, 2))
+        for slot, row in enumerate(rows):  # each lookup's gradient: 2 * residual * its kernel weights
+            grad[row] += 2 * residual[0] * w[2 * slot: 2 * slot + 2]
+        touched = sorted(set(rows))
+        m[touched] = 0.9 * m[touched] + 0.1 * grad[touched]
+        v[touched] = 0.999 * v[touched] + 0.001 * grad[touched] ** 2
+        alpha = 0.1 * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
+        table[touched] -= alpha * m[touched] / (np.sqrt(v[touched]) + 1e-7)
+        reference.train_on_batch(flat.astype(np.float32), np.array([[2.0]], np.float32))
+        model.train_on_batch(x, np.array([[2.0]], np.float32))
+        np.testing.assert_allclose(emb.get_weights()[0], table, rtol=1e-5)
+        np.testing.assert_allclose(dense.get_weights()[0], reference.layers[-1].get_weights()[0], rtol=1e-5)
+    assert (emb.get_weights()[0][[0, 2, 4]] == 1.0).all()
 
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "bpr_max"])

@@ -104,7 +104,8 @@ class GRU4RecRecommender:
         """The gated run's weights for tonight's item index: item rows (input embedding,
         output scores and bias) copied by movie id; a movie the gated run never saw gets a
         fresh row, drawn as the layer's own initialiser would (Embedding: U(-0.05, 0.05);
-        Dense and tied scores: Glorot uniform; bias 0). The GRU is copied as is."""
+        Dense and ItemScores: Glorot uniform; bias 0). The GRU is copied as is."""
+        from recpipe.models.gru4rec.layers import ItemScores
         from recpipe.models.gru4rec.network import MODEL_FILE, GRU4RecBundle, ItemIndex
 
         train, _, _ = data
@@ -130,7 +131,7 @@ class GRU4RecRecommender:
                 continue
             if layer.name == "item_embedding":
                 w = [grow_rows(w[0], pos, rng.uniform(-0.05, 0.05, (n, w[0].shape[1])).astype(np.float32))]
-            elif layer.name == "item_scores" and network.tied:  # embeddings [items, dim], bias [items]
+            elif layer.name == "item_scores" and isinstance(layer, ItemScores):  # rows [items, dim], bias [items]
                 w = [grow_rows(w[0], pos, glorot((n, w[0].shape[1]))), grow_rows(w[1], pos, np.zeros(n, np.float32))]
             elif layer.name == "item_scores":  # Dense kernel [hidden, items], bias [items]
                 w = [grow_rows(w[0], pos, glorot((w[0].shape[0], n)), axis=1),

@@ -32,7 +32,7 @@ recurrence; the recurrent cell only does the hidden-to-hidden product. Everythin
 `keras.ops` / Keras layers (no backend-specific code).
 
     config.py   GRU4RecConfig, SEED002_CONFIG, DEFAULT_CONFIG (and how it was chosen)
-    layers.py   ResettableGRUCell, TiedItemScores, SampledItemLoss
+    layers.py   ResettableGRUCell, ItemScores, SampledItemLoss
     network.py  ItemIndex, the training/inference networks, GRU4RecBundle (save/load)
     data.py     session_sequences, pack_lanes
     fit.py      fit_gru4rec (validation injected by the caller)
@@ -49,7 +49,7 @@ _EXPORTS = {
     "fit_gru4rec": "fit",
     "ResettableGRUCell": "layers",
     "SampledItemLoss": "layers",
-    "TiedItemScores": "layers",
+    "ItemScores": "layers",
     "CONFIG_FILE": "network",
     "INDEX_FILE": "network",
     "MODEL_FILE": "network",

@@ -18,6 +18,7 @@ import pandas as pd
 from recpipe.models.gru4rec.config import DEFAULT_CONFIG, GRU4RecConfig
 from recpipe.models.gru4rec.data import pack_lanes, session_sequences
 from recpipe.models.gru4rec.network import GRU4RecBundle, ItemIndex, _build_networks
+from recpipe.models.lazy_adam import LazyAdam
 
 Validator = Callable[[GRU4RecBundle], dict]
 SEQUENCE_KEYS = {"sessions": "session_id", "users": "user_id"}
@@ -92,8 +93,11 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         lr = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, total_updates, alpha=0.01)
     elif cfg.lr_schedule != "constant":
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}")
+    # Sampled losses touch only a mini-batch's item rows: Lazy Adam updates just those,
+    # so a step's cost does not grow with the catalogue (the full softmax touches every row).
+    adam = LazyAdam if sampled else keras.optimizers.Adam
     train_model.compile(
-        optimizer=keras.optimizers.Adam(lr, clipnorm=cfg.clipnorm or None),
+        optimizer=adam(lr, clipnorm=cfg.clipnorm or None),
         # Sum over real steps / all positions of the window: every event weighs the same
         # in every update; the nearly empty windows at the ragged end of the lanes then
         # make small updates (a per-window mean there gave full Adam steps on a handful of

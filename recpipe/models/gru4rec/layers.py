@@ -1,4 +1,4 @@
-"""GRU4Rec Keras 3 layers: a GRU cell with per-step session resets, tied item scores, the sampled losses."""
+"""GRU4Rec Keras 3 layers: a GRU cell with per-step session resets, item scores by row, the sampled losses."""
 from __future__ import annotations
 
 import keras
@@ -43,9 +43,11 @@ class ResettableGRUCell(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="recpipe")
-class TiedItemScores(layers.Layer):
+class ItemScores(layers.Layer):
     """One item matrix E [items, dim] and bias b: `layer(items)` looks up E rows;
-    `layer(h, score=True)` returns h @ E^T + b (constrained embedding)."""
+    `layer(h, score=True)` returns h @ E^T + b. The output layer of the sampled losses
+    (a row per item: a mini-batch's gradient touches only its candidates' rows), and with
+    tied=True also the input embedding (constrained embedding)."""
 
     def __init__(self, n_items: int, dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -65,6 +67,10 @@ class TiedItemScores(layers.Layer):
         return {**super().get_config(), "n_items": self.n_items, "dim": self.dim}
 
 
+@keras.saving.register_keras_serializable(package="recpipe")
+class TiedItemScores(ItemScores):
+    """ItemScores under the name tied bundles were saved with before it served untied ones."""
+
 
 @keras.saving.register_keras_serializable(package="recpipe")
 class SampledItemLoss(layers.Layer):
@@ -83,8 +89,8 @@ class SampledItemLoss(layers.Layer):
     bpreg * sum_j softmax_neg(s)_j s_j^2, after an optional ELU.
 
     Inputs: hidden [N, H], targets [N] int, weights [N] (0 for padding). The item output
-    weights are the inference network's output layer, set as `scores_layer` (Dense or
-    TiedItemScores) after construction: this layer lives only in the training network,
+    weights are the inference network's output layer, set as `scores_layer` (ItemScores,
+    or Dense) after construction: this layer lives only in the training network,
     which is never saved. `set_popularity(counts)` must be called before training.
     """
 
@@ -120,38 +126,41 @@ class SampledItemLoss(layers.Layer):
 
     def _output_rows(self, cand):
         sl = self.scores_layer
-        if isinstance(sl, TiedItemScores):
+        if isinstance(sl, ItemScores):
             return ops.take(sl.embeddings, cand, axis=0), ops.take(sl.bias, cand, axis=0)
         return ops.transpose(ops.take(sl.kernel, cand, axis=1)), ops.take(sl.bias, cand, axis=0)
 
     def call(self, hidden, targets, weights):
         targets = ops.cast(targets, "int32")
         n = ops.shape(targets)[0]
-        if self.n_sample > 0:
-            extra = self.sample()
-            cand = ops.concatenate([targets, extra], axis=0)
-        else:
-            extra, cand = None, targets
+        extra = self.sample() if self.n_sample > 0 else None
+        cand = targets if extra is None else ops.concatenate([targets, extra], axis=0)
         w, b = self._output_rows(cand)  # [C, H], [C]
-        scores = ops.matmul(hidden, ops.transpose(w)) + b  # [N, C]
-        c = ops.shape(cand)[0]
-        eye = ops.cast(ops.equal(ops.expand_dims(ops.arange(n), 1), ops.expand_dims(ops.arange(c), 0)), "bool")
-        col_real = ops.concatenate([weights > 0, ops.ones((c - n,), "bool")], axis=0) if self.n_sample > 0 \
-            else weights > 0
-        duplicate = ops.logical_and(ops.equal(ops.expand_dims(targets, 1), ops.expand_dims(cand, 0)),
-                                    ops.logical_not(eye))
-        negative = ops.logical_and(ops.logical_and(ops.expand_dims(col_real, 0), ops.logical_not(duplicate)),
-                                   ops.logical_not(eye))
+        col_real = weights > 0 if extra is None else ops.concatenate([weights > 0, ops.ones_like(extra, "bool")], 0)
+        # Every copy of row i's target, the positive (column i) included: no negative of row i.
+        same = ops.equal(ops.expand_dims(targets, 1), ops.expand_dims(cand, 0))  # [N, C]
         if self.loss == "sampled_softmax":
-            if self.logq > 0:
-                logq = ops.take(self.log_pop, targets, axis=0)
-                if extra is not None:
-                    logq = ops.concatenate([logq, self.sample_alpha * ops.take(self.log_pop, extra, axis=0)], axis=0)
-                scores = scores - self.logq * ops.expand_dims(logq, 0)
-            keep = ops.logical_or(negative, eye)
-            scores = ops.where(keep, scores, ops.full_like(scores, -1e9))
-            pos = ops.sum(ops.where(eye, scores, ops.zeros_like(scores)), axis=1)
-            return ops.logsumexp(scores, axis=1) - pos
+            return self._sampled_softmax(hidden, w, b, targets, extra, same, col_real, n)
+        return self._bpr_max(ops.matmul(hidden, ops.transpose(w)) + b, same, col_real, n)
+
+    def _sampled_softmax(self, hidden, w, b, targets, extra, same, col_real, n):
+        if self.logq > 0:  # per column: fold the correction into the bias, one [C] vector
+            logq = ops.take(self.log_pop, targets, axis=0)
+            if extra is not None:
+                logq = ops.concatenate([logq, self.sample_alpha * ops.take(self.log_pop, extra, axis=0)], axis=0)
+            b = b - self.logq * logq
+        scores = ops.matmul(hidden, ops.transpose(w)) + b  # [N, C]
+        pos = ops.sum(hidden * w[:n], axis=1) + b[:n]  # column i of row i, without an [N, C] mask
+        # The negatives' log-sum-exp with the positive added back: a few [N, C] passes
+        # fewer than masking the diagonal apart (the loss layer was most of a step).
+        hidden_cols = ops.logical_or(same, ops.logical_not(ops.expand_dims(col_real, 0)))
+        negatives = ops.logsumexp(ops.where(hidden_cols, -1e9, scores), axis=1)
+        return ops.logaddexp(negatives, pos) - pos
+
+    def _bpr_max(self, scores, same, col_real, n):
+        c = ops.shape(same)[1]
+        eye = ops.equal(ops.expand_dims(ops.arange(n), 1), ops.expand_dims(ops.arange(c), 0))
+        negative = ops.logical_and(ops.expand_dims(col_real, 0), ops.logical_not(same))
         if self.elu_param > 0:
             scores = ops.where(scores > 0, scores, self.elu_param * (ops.exp(ops.minimum(scores, 0.0)) - 1.0))
         pos = ops.sum(ops.where(eye, scores, ops.zeros_like(scores)), axis=1)

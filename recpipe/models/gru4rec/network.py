@@ -12,7 +12,7 @@ import pandas as pd
 from keras import layers, ops
 
 from recpipe.models.gru4rec.config import GRU4RecConfig
-from recpipe.models.gru4rec.layers import ResettableGRUCell, SampledItemLoss, TiedItemScores
+from recpipe.models.gru4rec.layers import ItemScores, ResettableGRUCell, SampledItemLoss
 
 MODEL_FILE = "gru4rec.keras"
 INDEX_FILE = "item_index.json"
@@ -64,10 +64,13 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
     if cfg.tied:
         if cfg.embedding_dim != cfg.hidden:
             raise ValueError("tied=True needs embedding_dim == hidden")
-        emb = out = TiedItemScores(n_items, cfg.hidden, name="item_scores")
+        emb = out = ItemScores(n_items, cfg.hidden, name="item_scores")
     else:
         emb = layers.Embedding(n_items, cfg.embedding_dim, name="item_embedding")
-        out = layers.Dense(n_items, name="item_scores")
+        # Sampled losses gather their candidates' output rows: a row per item keeps that
+        # gradient sparse (a [hidden, items] kernel gathered by column gets a dense one).
+        out = layers.Dense(n_items, name="item_scores") if cfg.loss == "cross_entropy" \
+            else ItemScores(n_items, cfg.hidden, name="item_scores")
     drop_e = layers.Dropout(cfg.dropout_embed, seed=cfg.seed, name="dropout_embed")
     proj = layers.Dense(3 * cfg.hidden, name="gru_input")
     cell = ResettableGRUCell(cfg.hidden, name="gru_cell")
@@ -77,7 +80,7 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
         x = proj(drop_e(emb(items)))
         x = layers.Concatenate(axis=-1)([x, ops.expand_dims(reset, -1)])
         h = rnn(x)
-        return h, (out(drop_h(h), score=True) if cfg.tied else out(drop_h(h)))
+        return h, (out(drop_h(h), score=True) if isinstance(out, ItemScores) else out(drop_h(h)))
 
     items = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="int32", name="items")
     reset = keras.Input(batch_shape=(cfg.batch_size, cfg.bptt), dtype="float32", name="reset")
@@ -93,7 +96,7 @@ def _build_networks(n_items: int, cfg: GRU4RecConfig):
         x = proj(drop_e(emb(items)))
         h = drop_h(rnn_t(layers.Concatenate(axis=-1)([x, ops.expand_dims(reset, -1)])))
         if not cfg.tied:
-            out.build((None, cfg.hidden))
+            out.build((None, cfg.hidden))  # built here: the sampled loss reads its weights, never calls it
         sampled = SampledItemLoss(n_items, cfg.loss, cfg.n_sample, cfg.sample_alpha, logq=cfg.logq,
                                   bpreg=cfg.bpreg, elu_param=cfg.elu_param, seed=cfg.seed + 2, name="sampled_loss")
         sampled.scores_layer = out
@@ -126,7 +129,7 @@ class GRU4RecBundle:
     def _weights(self):
         """Output layer as (W [hidden, items], b [items])."""
         w, b = self._out.get_weights()
-        return (w.T, b) if isinstance(self._out, TiedItemScores) else (w, b)
+        return (w.T, b) if isinstance(self._out, ItemScores) else (w, b)
 
     def _hidden(self, items: np.ndarray) -> np.ndarray:
         """GRU outputs [B, T, H] for padded item-index sequences (state starts at zero)."""

@@ -1,0 +1,54 @@
+"""Lazy Adam: Adam whose moments and weights move only on the rows a sparse gradient
+touches (TensorFlow's IndexedSlices: an embedding lookup, a gather of output rows).
+
+Keras 3's Adam densifies such a gradient (its moment decay touches every row), so each
+update of a 60k-item table costs the whole table whatever the mini-batch used. Recommender
+training commonly updates item tables lazily (TF1's LazyAdamOptimizer, PyTorch's
+SparseAdam, the official GRU4Rec's sparse Adagrad): a row's moments wait, undecayed,
+until the row is used again. Dense gradients (and every gradient on backends without
+sparse ones: JAX, PyTorch) get Keras's own Adam step.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="recpipe")
+class LazyAdam(keras.optimizers.Adam):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.amsgrad:
+            raise ValueError("LazyAdam does not implement amsgrad")
+
+    def update_step(self, gradient, variable, learning_rate):
+        rows = _sparse_rows(gradient)
+        if rows is None:
+            return super().update_step(gradient, variable, learning_rate)
+        import tensorflow as tf
+
+        index, values = rows
+        dtype = variable.dtype
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        m_rows = beta_1 * ops.take(m, index, axis=0) + (1 - beta_1) * values
+        v_rows = beta_2 * ops.take(v, index, axis=0) + (1 - beta_2) * ops.square(values)
+        self.assign(m, tf.IndexedSlices(m_rows, index))
+        self.assign(v, tf.IndexedSlices(v_rows, index))
+        self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (ops.sqrt(v_rows) + self.epsilon), index))
+
+
+def _sparse_rows(gradient):
+    """(unique row indices, summed row gradients) of a TensorFlow IndexedSlices; None
+    for a dense gradient."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    if not isinstance(gradient, tf.IndexedSlices):
+        return None
+    index, position = tf.unique(gradient.indices)  # a row gathered twice gets one summed update
+    return index, tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(index)[0])
