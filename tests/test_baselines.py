@@ -160,6 +160,7 @@ def test_ease_fit_many_shares_the_gram_and_matches_a_float64_inverse(data, monke
                for lam in (1.0, 30.0) for r in (3, 4) for m in (None, 8)]
     for config, model in zip(configs, ease.fit_many(data, configs)):
         x, movie_ids = ease.positives_matrix(data, config.min_rating, config.max_items)
+        np.testing.assert_array_equal(ease.gram_matrix(x, block=3), (x.T @ x).toarray())  # blocks on threads
         gram = (x.T @ x).toarray().astype(np.float64) + config.lambda_ * np.eye(len(movie_ids))
         p = np.linalg.inv(gram)  # the textbook closed form, in float64
         expected = -p / np.diag(p)[None, :]

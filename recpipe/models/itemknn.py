@@ -8,7 +8,6 @@ items x block per thread, not items x items.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recpipe.models.ease import choose, history_rows, load_arrays, positives_matrix, save_arrays, top_k_frame
+from recpipe.models.ease import FIT_THREADS, GRAM_BLOCK, choose, cooccurrence, history_rows, load_arrays, \
+    positives_matrix, save_arrays, top_k_frame
 from recpipe.models.topk import DEFAULT_CHUNK_USERS
-
-
-FIT_THREADS = min(4, os.cpu_count() or 1)  # blocks in flight: each holds ~12 bytes x items x block
 
 
 @dataclass(frozen=True)
@@ -64,12 +61,12 @@ class ItemKNNModel:
 
 
 def fit(interactions: pd.DataFrame, config: ItemKNNConfig = ItemKNNConfig(),
-        block: int = 1024) -> ItemKNNModel:
+        block: int = GRAM_BLOCK) -> ItemKNNModel:
     """interactions: user_id, movie_id, rating (one row per rating)."""
     return fit_many(interactions, [config], block)[0]
 
 
-def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block: int = 1024) -> list[ItemKNNModel]:
+def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block: int = GRAM_BLOCK) -> list[ItemKNNModel]:
     """One model per config, as fit() would give each. Configs with the same positives
     (min_rating, max_items) share one co-occurrence product per block, and the same
     shrinkage one similarity and one selection (a smaller neighbour count keeps a prefix
@@ -94,7 +91,7 @@ def fit_many(interactions: pd.DataFrame, configs: Sequence[ItemKNNConfig], block
         def neighbours(lo: int) -> list[tuple]:
             """(config, W rows = neighbours, W columns = items lo.., similarities) of a block."""
             hi = min(lo + block, n)
-            co = (xc[:, lo:hi].T @ x).toarray()  # co-occurrence counts [block, items] (symmetric: a row per item)
+            co = cooccurrence(x, xc, lo, hi)  # [block, items] (symmetric: a row per item)
             out = []
             for shrinkage, same in by_shrinkage.items():
                 sim = co / (norms[lo:hi, None] * norms[None, :] + shrinkage + 1e-12)
