@@ -239,16 +239,15 @@ def test_tied_embedding_model_learns_and_round_trips(tmp_path):
 
 # ------------------------------------------------------------------ sampled losses
 def _sampled_layer(loss, n_items, dim, n_sample=0, **kwargs):
-    """A SampledItemLoss over a plain Dense output layer with known weights."""
-    import keras
-
-    from recpipe.models.gru4rec.layers import SampledItemLoss
+    """A SampledItemLoss over an ItemScores output layer (a row per item) with known
+    weights; `kernel` is returned as [dim, items]."""
+    from recpipe.models.gru4rec.layers import ItemScores, SampledItemLoss
 
     rng = np.random.default_rng(1)
-    out = keras.layers.Dense(n_items)
+    out = ItemScores(n_items, dim)
     out.build((None, dim))
     kernel, bias = rng.normal(size=(dim, n_items)).astype("float32"), rng.normal(size=n_items).astype("float32")
-    out.set_weights([kernel, bias])
+    out.set_weights([kernel.T, bias])
     layer = SampledItemLoss(n_items, loss, n_sample, kwargs.pop("sample_alpha", 0.5), **kwargs)
     layer.scores_layer = out
     layer.build(None)

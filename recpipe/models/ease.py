@@ -248,7 +248,6 @@ def _weights(gram: np.ndarray, lambda_: float) -> np.ndarray:
         a = gram.astype(np.float64)
         a[np.diag_indices_from(a)] += lambda_
         p = np.linalg.inv(a).astype(np.float32)
-        del a
     diag = np.diag(p).copy()
     p /= -diag[None, :]
     np.fill_diagonal(p, 0.0)
@@ -272,7 +271,7 @@ def _inverse_spd(a: np.ndarray) -> np.ndarray | None:
     return p
 
 
-def _mirror_upper(p: np.ndarray, block: int = 1024) -> None:
+def _mirror_upper(p: np.ndarray, block: int = GRAM_BLOCK) -> None:
     """Copy the upper triangle onto the lower one, a block of rows at a time (no n^2 temporary)."""
     n = len(p)
     for lo in range(0, n, block):

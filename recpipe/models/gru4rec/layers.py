@@ -89,8 +89,8 @@ class SampledItemLoss(layers.Layer):
     bpreg * sum_j softmax_neg(s)_j s_j^2, after an optional ELU.
 
     Inputs: hidden [N, H], targets [N] int, weights [N] (0 for padding). The item output
-    weights are the inference network's output layer, set as `scores_layer` (ItemScores,
-    or Dense) after construction: this layer lives only in the training network,
+    weights are the inference network's output layer, set as `scores_layer` (an
+    ItemScores: a row per item) after construction: this layer lives only in the training network,
     which is never saved. `set_popularity(counts)` must be called before training.
     """
 
@@ -126,9 +126,7 @@ class SampledItemLoss(layers.Layer):
 
     def _output_rows(self, cand):
         sl = self.scores_layer
-        if isinstance(sl, ItemScores):
-            return ops.take(sl.embeddings, cand, axis=0), ops.take(sl.bias, cand, axis=0)
-        return ops.transpose(ops.take(sl.kernel, cand, axis=1)), ops.take(sl.bias, cand, axis=0)
+        return ops.take(sl.embeddings, cand, axis=0), ops.take(sl.bias, cand, axis=0)
 
     def call(self, hidden, targets, weights):
         targets = ops.cast(targets, "int32")
