@@ -167,19 +167,20 @@ def ingest(
                 parsed_files[path.name] = parsed
                 _quarantine(conn, batch_id, path.name, parsed, parsed.rejected, parsed.rows["line_no"].to_numpy())
             bar.update(1)
-            _stage_ratings(conn, rows)
+            rows, repeat = _mark_repeats(rows)
             # Without an items (users) file, the items (users) rated are the known ones,
             # attributes NULL; a user is implied only by a rating of a known item.
             if movies is None:
-                movies_changed += conn.exec_driver_sql(
-                    "INSERT INTO movies (movie_id) SELECT DISTINCT movie_id FROM stage_ratings"
-                    " ON CONFLICT (movie_id) DO NOTHING").rowcount
+                movies_changed += _add_ids(conn, "movies", "movie_id", rows["movie_id"])
             if users is None:
-                users_changed += conn.exec_driver_sql(
-                    "INSERT INTO users (user_id) SELECT DISTINCT s.user_id FROM stage_ratings s"
-                    " JOIN movies m ON m.movie_id = s.movie_id ON CONFLICT (user_id) DO NOTHING").rowcount
+                rated_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
+                users_changed += _add_ids(conn, "users", "user_id", rows["user_id"].to_numpy()[rated_known])
             bar.update(1)
-            outcome = _classify_and_insert(conn, batch_id, len(rows), users_implied=users is None)
+            if len(rows) > BULK_INSERT_ROWS and _ratings_empty(conn):
+                outcome = _first_load(conn, batch_id, rows, repeat, users_implied=users is None)
+            else:
+                _stage_ratings(conn, rows, repeat)
+                outcome = _classify_and_insert(conn, batch_id, len(rows), users_implied=users is None)
             bar.update(2)
             db_rejected = pd.DataFrame(outcome["rejected_lines"], columns=["line_no", "reason"])
             db_rejected["raw_bytes"] = [ratings.line_bytes(n) for n in db_rejected["line_no"]]
@@ -313,43 +314,66 @@ def _upsert_movies(conn: sa.Connection, movies: pd.DataFrame) -> int:
     ).rowcount
 
 
-def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame) -> None:
-    """COPY the parsed rows into a temp table, each marked against earlier ratings of the
-    same (user, movie) in this input, in (time, line) order: 0 first, 1 identical
-    repeat, 2 differing repeat. Time order makes intervals agree with --all."""
+def _mark_repeats(rows: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Mark each parsed row against earlier ratings of the same (user, movie) in this
+    input, in (time, line) order: 0 first, 1 identical repeat, 2 differing repeat. Time
+    order makes intervals agree with --all. Returns the rows (in time order when some
+    key repeats) and their marks."""
     key = pd.Series((rows["user_id"].to_numpy() << 31) | rows["movie_id"].to_numpy(), index=rows.index)
     repeat = key.duplicated(keep="first").to_numpy()
-    if repeat.any():  # rare: order by time only when some key repeats
-        rows = rows.sort_values(["ts", "line_no"], kind="stable")
-        key = key.loc[rows.index]
-        repeat = key.duplicated(keep="first").to_numpy()
-        value = rows["rating_x2"] if "rating_x2" in rows else rows["rating"]
-        identical = pd.DataFrame({"k": key, "r": value, "t": rows["ts"]}).duplicated(keep="first").to_numpy()
-        marks = np.where(repeat, np.where(identical, 1, 2), 0)
-    else:
-        marks = np.zeros(len(rows), np.int8)
+    if not repeat.any():  # the usual case: no sort
+        return rows, np.zeros(len(rows), np.int8)
+    rows = rows.sort_values(["ts", "line_no"], kind="stable")
+    key = key.loc[rows.index]
+    repeat = key.duplicated(keep="first").to_numpy()
+    value = rows["rating_x2"] if "rating_x2" in rows else rows["rating"]
+    identical = pd.DataFrame({"k": key, "r": value, "t": rows["ts"]}).duplicated(keep="first").to_numpy()
+    return rows, np.where(repeat, np.where(identical, 1, 2), 0).astype(np.int8)
+
+
+def _ids(conn: sa.Connection, table: str, column: str) -> np.ndarray:
+    """Every id of users or movies (a few hundred thousand at most: one fetch)."""
+    with raw_cursor(conn) as cur:
+        cur.execute(f"SELECT {column} FROM {table}")
+        return np.fromiter((row[0] for row in cur), np.int64)
+
+
+def _add_ids(conn: sa.Connection, table: str, column: str, ids: np.ndarray) -> int:
+    """Insert the ids not yet in users or movies (attributes NULL); return how many."""
+    conn.exec_driver_sql(f"CREATE TEMP TABLE stage_{table}_ids ({column} integer) ON COMMIT DROP")
+    _copy_binary(conn, f"stage_{table}_ids", [(column, ">i4", np.unique(ids))])
+    return conn.exec_driver_sql(f"INSERT INTO {table} ({column}) SELECT {column} FROM stage_{table}_ids"
+                                f" ON CONFLICT ({column}) DO NOTHING").rowcount
+
+
+def _rating_columns(rows: pd.DataFrame) -> list[tuple[str, str, object]]:
+    x2 = rows["rating_x2"] if "rating_x2" in rows else rows["rating"] * 2  # whole stars (ML-1M)
+    return [("user_id", ">i4", rows["user_id"]), ("movie_id", ">i4", rows["movie_id"]),
+            ("rating", ">i2", rows["rating"]), ("rating_x2", ">i2", x2)]
+
+
+def _stage_ratings(conn: sa.Connection, rows: pd.DataFrame, repeat: np.ndarray) -> None:
+    """COPY the parsed rows and their repeat marks into a temp table."""
     conn.exec_driver_sql(
         "CREATE TEMP TABLE stage_ratings (user_id integer, movie_id integer, rating smallint,"
         " rating_x2 smallint, ts bigint, line_no bigint, repeat smallint) ON COMMIT DROP"
     )
-    x2 = rows["rating_x2"] if "rating_x2" in rows else rows["rating"] * 2  # whole stars (ML-1M)
-    _copy_binary(conn, "stage_ratings", [
-        ("user_id", ">i4", rows["user_id"]), ("movie_id", ">i4", rows["movie_id"]), ("rating", ">i2", rows["rating"]),
-        ("rating_x2", ">i2", x2), ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]),
-        ("repeat", ">i2", marks)])
+    _copy_binary(conn, "stage_ratings", _rating_columns(rows) + [
+        ("ts", ">i8", rows["ts"]), ("line_no", ">i8", rows["line_no"]), ("repeat", ">i2", repeat)])
 
 
 def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, object]],
                  chunk_rows: int = 1 << 16) -> None:
-    """COPY integer columns in PostgreSQL's binary format, built by numpy (several times
-    faster than writing CSV text) a chunk of rows at a time and streamed: memory is one
+    """COPY integer columns (an array each, or one value for every row) in PostgreSQL's
+    binary format, built by numpy (several times faster than writing CSV text) a chunk
+    of rows at a time and streamed: memory is one
     chunk, not the whole payload (about 60 bytes a rating, held three times over when
     built at once: 4 GiB at 25M). Values fit their types: the parser checked every range."""
     layout = [("fields", ">i2")]
     for name, dtype, _ in columns:
         layout += [(f"{name}_len", ">i4"), (name, dtype)]
-    arrays = [(name, np.asarray(values)) for name, _, values in columns]
-    n = len(arrays[0][1])
+    arrays = [(name, np.asarray(values)) for name, _, values in columns]  # 0-d: one value for every row
+    n = next(len(values) for _, values in arrays if values.ndim)
 
     def parts():
         yield b"PGCOPY\n\xff\r\n\x00" + bytes(8)
@@ -358,7 +382,7 @@ def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, 
             records["fields"] = len(columns)
             for (name, dtype, _), (_, values) in zip(columns, arrays):
                 records[f"{name}_len"] = np.dtype(dtype).itemsize
-                records[name] = values[lo:lo + chunk_rows]
+                records[name] = values[lo:lo + chunk_rows] if values.ndim else values
             yield records.tobytes()
         yield b"\xff\xff"
 
@@ -410,59 +434,79 @@ FROM pg_index i WHERE i.indrelid = 'ratings'::regclass
 """
 INDEX_BUILD_MEMORY = "256MB"  # maintenance_work_mem for those builds, when the server's is lower
 
-# One statement decides each staged row's fate and writes the inserts; the rejected
-# lines come back (line numbers by reason) to be quarantined with their bytes.
-_CLASSIFY_AND_WRITE = """
-WITH classified AS MATERIALIZED (
-    SELECT s.user_id, s.movie_id, s.rating, s.rating_x2, to_timestamp(s.ts) AS rated_at, s.line_no,
-           CASE
-             -- Users implied by the ratings exist unless the item is unknown: say so.
-             WHEN u.user_id IS NULL AND (m.movie_id IS NOT NULL OR NOT %(users_implied)s) THEN 'unknown_user'
-             WHEN m.movie_id IS NULL THEN 'unknown_movie'
-             WHEN r.user_id IS NOT NULL AND r.rating = s.rating AND r.rated_at = to_timestamp(s.ts)
-                  AND coalesce(r.rating_x2, 2 * r.rating) = s.rating_x2  -- NULL: stored before 013
-               THEN 'duplicate'
-             WHEN r.user_id IS NOT NULL THEN 'conflicts_stored'
-             WHEN s.repeat = 0 THEN 'insert'
-             WHEN s.repeat = 1 THEN 'duplicate'
-             ELSE 'duplicate_in_file'
-           END AS outcome
-    FROM stage_ratings s
-    LEFT JOIN users u ON u.user_id = s.user_id
-    LEFT JOIN movies m ON m.movie_id = s.movie_id
-    LEFT JOIN ratings r ON r.user_id = s.user_id AND r.movie_id = s.movie_id
-), inserted AS (
-    INSERT INTO ratings (user_id, movie_id, rating, rating_x2, rated_at, batch_id, source_line)
-    SELECT user_id, movie_id, rating, rating_x2, rated_at, %(batch)s, line_no FROM classified
-    WHERE outcome = 'insert'
-    ORDER BY user_id, movie_id  -- primary-key order: sequential index inserts
-    RETURNING 1
-)
-SELECT outcome, count(*), array_agg(line_no) FILTER (WHERE outcome NOT IN ('insert', 'duplicate'))
-FROM classified GROUP BY outcome
-UNION ALL SELECT 'rows_inserted', count(*), NULL FROM inserted
-"""
+# Memory for the classification's hash joins (the users and movies of a 25M-rating
+# source need more than the server's default 4MB: batches spill the stage to disk).
+CLASSIFY_MEMORY = "128MB"
 
 
 def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int, users_implied: bool = False) -> dict:
+    """Insert the staged plain inserts and return the counts by outcome and the lines to
+    quarantine. The exceptions (rarely many) are classified first and returned with their
+    lines; the plain inserts are then streamed into ratings in one INSERT ... SELECT."""
     rebuild = _loosen_ratings(conn, staged_rows) if staged_rows > BULK_INSERT_ROWS else []
-    with raw_cursor(conn) as cur:
-        cur.execute(_CLASSIFY_AND_WRITE, {"batch": batch_id, "users_implied": users_implied})
-        result = {outcome: (n, lines or []) for outcome, n, lines in cur.fetchall()}
-    if rebuild:
-        conn.execute(sa.text("SELECT set_config('maintenance_work_mem', :m, true) WHERE"
-                             " pg_size_bytes(current_setting('maintenance_work_mem')) < pg_size_bytes(:m)"),
-                     {"m": INDEX_BUILD_MEMORY})
-        for rebuilt in rebuild:
-            conn.exec_driver_sql(rebuilt)
-    inserted = result.pop("rows_inserted")[0]
-    if inserted != result.pop("insert", (0, []))[0]:
+    _raise_setting(conn, "work_mem", CLASSIFY_MEMORY)
+    conn.exec_driver_sql("ANALYZE stage_ratings")  # a temp table has no statistics: plan joins on real counts
+    rows = conn.execute(statement("ingest_exceptions"), {"users_implied": users_implied}).all()
+    exceptions = {outcome: (n, lines or []) for outcome, n, lines in rows}
+    inserted = conn.execute(statement("ingest_plain_inserts"),
+                            {"batch": batch_id, "in_key_order": not rebuild}).rowcount
+    _restore(conn, rebuild)
+    if inserted != staged_rows - sum(n for n, _ in exceptions.values()):
         raise RuntimeError("ratings changed under the ingest despite its lock")
-    duplicate = result.pop("duplicate", (0, []))[0]
+    duplicate = exceptions.pop("duplicate", (0, []))[0]
     return {
         "inserted": inserted,
         "duplicate": duplicate,
-        "rejected_lines": [(line, reason) for reason, (_, lines) in result.items() for line in lines],
+        "rejected_lines": [(line, reason) for reason, (_, lines) in exceptions.items() for line in lines],
+    }
+
+
+def _restore(conn: sa.Connection, rebuild: list[str]) -> None:
+    """Build again what _loosen_ratings dropped (indexes, then the foreign keys)."""
+    if rebuild:
+        _raise_setting(conn, "maintenance_work_mem", INDEX_BUILD_MEMORY)
+    for statement_ in rebuild:
+        conn.exec_driver_sql(statement_)
+
+
+def _raise_setting(conn: sa.Connection, name: str, value: str) -> None:
+    """Raise a memory setting to value for this transaction, never lowering the server's."""
+    conn.execute(sa.text("SELECT set_config(:name, :v, true) WHERE"
+                         " pg_size_bytes(current_setting(:name)) < pg_size_bytes(:v)"), {"name": name, "v": value})
+
+
+# A first load into an empty ratings table meets no stored rating, so each row's outcome
+# follows from the ids and the repeat marks alone (ingest_exceptions.sql's rules with
+# no stored row): it is decided here and the inserts are COPYed straight into ratings,
+# with no stage table and no INSERT ... SELECT. A test holds both paths to the same result.
+_FIRST_LOAD_OUTCOMES = ("insert", "duplicate", "duplicate_in_file", "unknown_user", "unknown_movie")
+_PG_EPOCH_S = 946_684_800  # 2000-01-01 UTC: timestamptz in binary COPY is microseconds since then
+
+
+def _ratings_empty(conn: sa.Connection) -> bool:
+    return conn.exec_driver_sql("SELECT NOT EXISTS (SELECT 1 FROM ratings)").scalar_one()
+
+
+def _first_load(conn: sa.Connection, batch_id: int, rows: pd.DataFrame, repeat: np.ndarray,
+                users_implied: bool) -> dict:
+    user_known = np.isin(rows["user_id"].to_numpy(), _ids(conn, "users", "user_id"))
+    movie_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
+    outcome = np.select(
+        [~user_known & (movie_known | (not users_implied)), ~movie_known, repeat == 0, repeat == 1],
+        [3, 4, 0, 1], 2).astype(np.int8)  # indexes into _FIRST_LOAD_OUTCOMES
+    counts = np.bincount(outcome, minlength=len(_FIRST_LOAD_OUTCOMES))
+    new = rows if counts[0] == len(rows) else rows[outcome == 0]
+    rebuild = _loosen_ratings(conn, len(rows))
+    _copy_binary(conn, "ratings", _rating_columns(new) + [
+        ("rated_at", ">i8", (new["ts"].to_numpy() - _PG_EPOCH_S) * 1_000_000),
+        ("batch_id", ">i8", np.int64(batch_id)), ("source_line", ">i8", new["line_no"])])
+    _restore(conn, rebuild)
+    lines = rows["line_no"].to_numpy()
+    return {
+        "inserted": int(counts[0]),
+        "duplicate": int(counts[1]),
+        "rejected_lines": [(int(line), _FIRST_LOAD_OUTCOMES[code]) for code in (2, 3, 4)
+                           for line in lines[outcome == code]],
     }
 
 

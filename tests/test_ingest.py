@@ -372,3 +372,71 @@ def test_duplicate_ids_keep_the_first_line(engine, synthetic_dir, tmp_path):
         title = conn.exec_driver_sql("SELECT title FROM movies WHERE movie_id = 1").scalar_one()
     assert "::".join(map(str, user)).encode() == first_user
     assert title.startswith("Movie 1 (")
+
+
+# ------------------------------------------------- a first load against the staged path
+
+def _messy_folders(root, corrupted_dir):
+    """Sources that reach every outcome: ML-1M with bad lines; ML-25M without users (users
+    implied, an unknown movie, identical and differing repeats); generic without items
+    (items implied, an unknown user)."""
+    from recpipe import generate
+
+    spec = generate.Spec(ratings=2000, users=40, items=300, start="2000-01-01", end="2001-01-01", seed=11)
+    ml25m, generic = root / "ml25m", root / "generic"
+    generate.write(ml25m, spec, "ml-25m", users_file=False)
+    generate.write(generic, spec, "generic")
+    (generic / "items.csv").unlink()
+    for folder, extra in ((ml25m, [b"3,99999,4.0,978300790"]), (generic, [b"99999,3,4,978300790"])):
+        lines = (folder / "ratings.csv").read_bytes().splitlines()
+        u, m, r, t = lines[5].split(b",")
+        other = b"1" if r not in (b"1", b"1.0") else b"2"
+        extra += [lines[5], b",".join([u, m, other, t]), lines[9]]
+        (folder / "ratings.csv").write_bytes(b"\n".join(lines + extra) + b"\n")
+    return {"ml-1m": corrupted_dir, "ml-25m": ml25m, "generic": generic}
+
+
+def _everything(engine) -> dict:
+    queries = {
+        "ratings": "SELECT user_id, movie_id, rating, rating_x2, rated_at, batch_id, source_line FROM ratings"
+                   " ORDER BY user_id, movie_id",
+        "users": "SELECT * FROM users ORDER BY user_id",
+        "movies": "SELECT * FROM movies ORDER BY movie_id",
+        "sightings": "SELECT batch_id, source_file, line_no, reason, recorded_batch FROM rejected_sightings"
+                     " ORDER BY source_file, line_no",
+        "rejected": "SELECT source_file, line_no, batch_id, raw_bytes, reason FROM rejected_rows"
+                    " ORDER BY source_file, line_no",
+        "files": "SELECT source_file, lines_read, stored, duplicate, rejected FROM ingest_batch_files ORDER BY 1",
+    }
+    with engine.connect() as conn:
+        return {name: [tuple(row) for row in conn.exec_driver_sql(sql).all()] for name, sql in queries.items()}
+
+
+@pytest.mark.parametrize("fmt", ["ml-1m", "ml-25m", "generic"])
+def test_first_load_path_stores_and_quarantines_exactly_what_the_staged_path_does(
+        fmt, engine, corrupted_dir, tmp_path, monkeypatch):
+    folder = _messy_folders(tmp_path, corrupted_dir)[fmt]
+    taken = []
+    for name in ("_first_load", "_classify_and_insert"):
+        original = getattr(ingest_mod, name)
+        monkeypatch.setattr(ingest_mod, name,
+                            lambda *a, _f=original, _n=name, **k: taken.append(_n) or _f(*a, **k))
+    results = {}
+    for path, bulk_rows, empty in (("first_load", 10, None), ("staged", 10**9, None),
+                                   ("staged_bulk", 10, False)):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE ratings, rejected_rows, ingest_batches, movies, users"
+                                 " RESTART IDENTITY CASCADE")
+        monkeypatch.setattr(ingest_mod, "BULK_INSERT_ROWS", bulk_rows)
+        if empty is not None:
+            monkeypatch.setattr(ingest_mod, "_ratings_empty", lambda conn: empty)
+        report = ingest(engine, folder).to_dict()
+        report.pop("seconds")
+        results[path] = (report, _everything(engine))
+    assert taken == ["_first_load", "_classify_and_insert", "_classify_and_insert"]
+    first, staged, bulk = results["first_load"], results["staged"], results["staged_bulk"]
+    reasons = first[0]["reasons"]
+    assert {"duplicate_in_file", "unknown_user" if fmt != "ml-25m" else "unknown_movie"} <= set(reasons)
+    assert first[0]["duplicate"] >= 1 and first[0]["inserted"] == len(first[1]["ratings"]) > 1000
+    assert first == staged
+    assert first == bulk
