@@ -199,19 +199,19 @@ FAST_PARSE_LINES = 1 << 21
 
 
 def _fast_csv_ratings_in_passes(data: bytes, starts: np.ndarray, ends: np.ndarray):
-    """_fast_csv_ratings over FAST_PARSE_LINES lines at a time (the header in the first)."""
+    """_fast_csv_ratings over FAST_PARSE_LINES lines at a time (the header in the first),
+    passes side by side on source.PARSE_THREADS threads."""
     n, lines = len(starts), FAST_PARSE_LINES
     if n <= lines:
         return _fast_csv_ratings(data, starts, ends)
     view = memoryview(data)
-    oks, values = [], []
-    for first in range(0, n, lines):
+
+    def one_pass(first: int):
         last = min(first + lines, n)
         lo, hi = int(starts[first]), int(ends[last - 1])
-        ok, vals = _fast_csv_ratings(view[lo:hi], starts[first:last] - lo, ends[first:last] - lo,
-                                     header=first == 0)
-        oks.append(ok)
-        values.append(vals)
+        return _fast_csv_ratings(view[lo:hi], starts[first:last] - lo, ends[first:last] - lo, header=first == 0)
+
+    oks, values = zip(*source.parallel_map(one_pass, range(0, n, lines)))
     return np.concatenate(oks), tuple(np.concatenate(column) for column in zip(*values))
 
 
