@@ -2,11 +2,14 @@
 Postgres for one interval of rating times, idempotently.
 
 One transaction per batch, under the `ingest` row of pipeline_locks: users and movies
-are upserted from their files, then the ratings whose timestamp lies in [start, end)
-are COPYed into a staging table and classified in one set-based statement: inserted,
-duplicate (identical to a stored rating) or rejected with a reason. Every line read is
-accounted for, per file (ingest_batch_files) and for the batch's ratings
-(ingest_batches): `lines_read = inserted (stored) + duplicate + rejected`.
+are upserted from their files, then each rating whose timestamp lies in [start, end)
+is inserted, counted as a duplicate (identical to a stored rating or to an earlier line)
+or rejected with a reason. The ratings are COPYed into a staging table and classified
+by set-based statements (sql/pipeline/ingest_*.sql); a large first load into an empty
+table, which can meet no stored rating, is classified in numpy and COPYed straight
+into `ratings`. Every line read is accounted for, per file (ingest_batch_files) and
+for the batch's ratings (ingest_batches): `lines_read = inserted (stored) + duplicate
++ rejected`.
 
 Of several ratings of one (user, movie) with different values, the earliest (by time,
 then line) is kept, so consecutive intervals store exactly what one --all ingest does.
@@ -366,9 +369,9 @@ def _copy_binary(conn: sa.Connection, table: str, columns: list[tuple[str, str, 
                  chunk_rows: int = 1 << 16) -> None:
     """COPY integer columns (an array each, or one value for every row) in PostgreSQL's
     binary format, built by numpy (several times faster than writing CSV text) a chunk
-    of rows at a time and streamed: memory is one
-    chunk, not the whole payload (about 60 bytes a rating, held three times over when
-    built at once: 4 GiB at 25M). Values fit their types: the parser checked every range."""
+    of rows at a time and streamed: memory is one chunk, not the whole payload (about 60
+    bytes a rating, held three times over when built at once: 4 GiB at 25M). Values fit
+    their types: the parser checked every range."""
     layout = [("fields", ">i2")]
     for name, dtype, _ in columns:
         layout += [(f"{name}_len", ">i4"), (name, dtype)]
