@@ -437,18 +437,12 @@ FROM pg_index i WHERE i.indrelid = 'ratings'::regclass
 """
 INDEX_BUILD_MEMORY = "256MB"  # maintenance_work_mem for those builds, when the server's is lower
 
-# Memory for the classification's hash joins (the users and movies of a 25M-rating
-# source need more than the server's default 4MB: batches spill the stage to disk).
-CLASSIFY_MEMORY = "128MB"
-
 
 def _classify_and_insert(conn: sa.Connection, batch_id: int, staged_rows: int, users_implied: bool = False) -> dict:
     """Insert the staged plain inserts and return the counts by outcome and the lines to
     quarantine. The exceptions (rarely many) are classified first and returned with their
     lines; the plain inserts are then streamed into ratings in one INSERT ... SELECT."""
     rebuild = _loosen_ratings(conn, staged_rows) if staged_rows > BULK_INSERT_ROWS else []
-    _raise_setting(conn, "work_mem", CLASSIFY_MEMORY)
-    conn.exec_driver_sql("ANALYZE stage_ratings")  # a temp table has no statistics: plan joins on real counts
     rows = conn.execute(statement("ingest_exceptions"), {"users_implied": users_implied}).all()
     exceptions = {outcome: (n, lines or []) for outcome, n, lines in rows}
     inserted = conn.execute(statement("ingest_plain_inserts"),
