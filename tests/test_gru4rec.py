@@ -487,3 +487,31 @@ def test_user_level_sequences_cross_sessions():
     _, history = fit_gru4rec(events, cfg, verbose=0)
     # a user's sequence has one step fewer than its sessions had together: the joins train
     assert history["train_steps"] == len(events) - len(by_user)
+
+
+def test_nightly_keeps_the_epoch_with_the_best_validation_ndcg_and_its_serving_choice(tmp_path):
+    from recpipe.models.gru4rec.network import GRU4RecBundle
+    from recpipe.recommenders.gru4rec import RECOMMENDER, VALIDATION_METRIC, choose_serving
+
+    events = planted_events(300, seed=4)
+    ratings = _rated(events)
+    cutoff = ratings["rated_at"].max() + pd.Timedelta(seconds=1)
+    params = {"mode": "gap", "session_gap": "1800s", "bucket": "7200s", "min_rating": 3}
+    days = int(np.ceil((cutoff - ratings["rated_at"].min()).days / 4)) + 1
+    network = {k: v for k, v in TINY.to_dict().items() if k not in ("monitor", "sequences", "target_horizon")}
+    config = RECOMMENDER.make_config({**network, "epochs": 4, "patience": 0, "learning_rate": 0.05,
+                                      "history_lengths": [1, 3], "validation_days": days}, None)
+    assert config["monitor"] == VALIDATION_METRIC  # the nightly's default
+    stats = {"train_until": cutoff.isoformat(), "session_params": params}
+    fitted = RECOMMENDER.fit((events, stats, ratings), config, tmp_path, verbose=0)
+    curve = fitted.training["curves"][VALIDATION_METRIC]
+    best = int(fitted.training["best_epoch"])
+    assert len(curve) == 4 and best == int(np.argmax(curve)) + 1
+    serving = fitted.data_stats["serving"]
+    kept = max(e["ndcg_at_10"] for e in serving["choice_log"] if e["mode"] == "history")
+    assert kept == pytest.approx(curve[best - 1])
+    # the saved model is that epoch's: its serving choice scores the same again
+    again = choose_serving(GRU4RecBundle.load(tmp_path), ratings, params, {"serving": "history",
+                           "history_lengths": [1, 3], "validation_days": days}, cutoff)
+    assert again["history_length"] == serving["history_length"]
+    assert max(e["ndcg_at_10"] for e in again["choice_log"] if e["mode"] == "history") == pytest.approx(kept)

@@ -37,7 +37,11 @@ LEGACY_SERVING = {"mode": "last_session"}  # runs stored before the serving sett
 # list is judged on what its user rates over the following days, not on the next movie
 # alone: target_horizon 5 (an item 1..5 steps ahead) was best of 1, 3, 5, 10, 20, 100 on
 # the same window (0.0673 vs next-item 0.0584; eval/production_gru4rec_horizon*.json).
-PRODUCTION_DEFAULTS = {"sequences": "users", "target_horizon": 5}
+# The epoch kept is the one with the best NDCG@10 on that same window (monitor
+# VALIDATION_METRIC: each epoch's serving choice, its best history length; early stopping
+# after `patience` epochs without gain).
+VALIDATION_METRIC = "val_ndcg@10"
+PRODUCTION_DEFAULTS = {"sequences": "users", "target_horizon": 5, "monitor": VALIDATION_METRIC}
 
 
 def _verbosity() -> int:
@@ -89,11 +93,21 @@ class GRU4RecRecommender:
         train, stats, ratings = data
         network_config, serving_config = split_config(config)
         started = time.perf_counter()
-        bundle, history = fit_gru4rec(train, network_config, out_dir=out_dir,
+        train_until = pd.Timestamp(stats["train_until"])
+        choices: list[dict] = []  # each epoch's serving choice, when epochs are validated
+        validate = None
+        if (network_config.monitor == VALIDATION_METRIC and serving_config["serving"] == "history"
+                and len(validation_window(ratings, serving_config["validation_days"], train_until)[2])):
+            def validate(candidate) -> dict:
+                choices.append(choose_serving(candidate, ratings, stats["session_params"], serving_config,
+                                              train_until, always_score=True))
+                return {VALIDATION_METRIC: max(e["ndcg_at_10"] for e in choices[-1]["choice_log"]
+                                               if e["mode"] == "history")}
+        bundle, history = fit_gru4rec(train, network_config, out_dir=out_dir, validate=validate,
                                       verbose=_verbosity() if verbose is None else verbose,
                                       initial_weights=initial_weights)
-        serving = choose_serving(bundle, ratings, stats["session_params"], serving_config,
-                                 pd.Timestamp(stats["train_until"]))
+        serving = choices[history["best_epoch"] - 1] if choices else \
+            choose_serving(bundle, ratings, stats["session_params"], serving_config, train_until)
         seconds = time.perf_counter() - started
         bundle.save(out_dir)
         (Path(out_dir) / SERVING_FILE).write_text(json.dumps(serving, indent=2))
@@ -112,7 +126,8 @@ class GRU4RecRecommender:
         network, _ = split_config(config)
         theirs = GRU4RecConfig.from_dict({k: v for k, v in (parent.config or {}).items()
                                           if k not in SERVING_DEFAULTS}).to_dict()
-        differ = sorted(k for k, v in network.to_dict().items() if k not in ("epochs", "patience") and theirs[k] != v)
+        differ = sorted(k for k, v in network.to_dict().items()
+                        if k not in ("epochs", "patience", "monitor") and theirs[k] != v)
         if differ:
             raise WarmStartUnavailable(f"gated run {parent.run_id}'s network config differs from tonight's ({differ})")
         old = GRU4RecBundle.load(bundle.path(MODEL_FILE).parent)
@@ -190,28 +205,36 @@ def recent_histories(ratings: pd.DataFrame, user_ids, length: int, min_rating: i
     return {int(u): m.tolist() for u, m in zip(users, movies)}
 
 
+def validation_window(ratings: pd.DataFrame, days: int, train_until: pd.Timestamp):
+    """(ratings before the window, the window's positives (rating >= 4) of users with
+    earlier ratings, those users, the window's start): the last `days` before train_until."""
+    from recpipe.evaluation.production import POSITIVE_MIN_RATING
+
+    split = train_until - timedelta(days=int(days))
+    before = ratings[ratings["rated_at"] < split]
+    window = ratings[(ratings["rated_at"] >= split) & ratings["user_id"].isin(before["user_id"].unique())]
+    positives = window.loc[window["rating"] >= POSITIVE_MIN_RATING, ["user_id", "movie_id"]]
+    return before, positives, np.sort(positives["user_id"].unique()), split
+
+
 def choose_serving(network, ratings: pd.DataFrame, session_params: dict, serving_config: Mapping,
-                   train_until: pd.Timestamp) -> dict:
+                   train_until: pd.Timestamp, always_score: bool = False) -> dict:
     """The serving settings of a trained model: with serving "history", the history length
     of `history_lengths` with the best NDCG@10 on the positives (rating >= 4) of the last
     `validation_days` before the training cutoff, each user read as of the window's start
     (the last session is scored too, for the record). The model trained on that window's
-    sessions too: the candidates share that optimism, and only their order is used."""
+    sessions too: the candidates share that optimism, and only their order is used.
+    A single candidate is scored only when `always_score` (epoch validation needs its figure)."""
     from recpipe.evaluation.metrics import ranking_metrics
-    from recpipe.evaluation.production import POSITIVE_MIN_RATING
 
     lengths = sorted(set(int(n) for n in serving_config["history_lengths"]))
     days = int(serving_config["validation_days"])
     if serving_config["serving"] == "last_session":
         return {"mode": "last_session", "chosen_because": "configured (serving: last_session)"}
-    split = train_until - timedelta(days=days)
-    before = ratings[ratings["rated_at"] < split]
-    window = ratings[(ratings["rated_at"] >= split) & ratings["user_id"].isin(before["user_id"].unique())]
-    positives = window.loc[window["rating"] >= POSITIVE_MIN_RATING, ["user_id", "movie_id"]]
-    users = np.sort(positives["user_id"].unique())
+    before, positives, users, split = validation_window(ratings, days, train_until)
     base = {"mode": "history", "validation_days": days, "validation_from": split.isoformat(),
             "validation_users": int(len(users)), "candidates": lengths}
-    if len(lengths) == 1 or len(users) == 0:
+    if (len(lengths) == 1 and not always_score) or len(users) == 0:
         reason = "the only candidate" if len(lengths) == 1 else "no validation positives: the first candidate"
         return {**base, "history_length": lengths[0], "chosen_because": reason, "choice_log": []}
     seen = {int(u): set(m.tolist()) for u, m in before[before["user_id"].isin(users)].groupby("user_id")["movie_id"]}
@@ -224,9 +247,9 @@ def choose_serving(network, ratings: pd.DataFrame, session_params: dict, serving
         m = ranking_metrics(lists, positives, network.n_items, 10)
         log.append({**setting, **{key: m[key] for key in ("ndcg_at_10", "recall_at_10", "hit_rate_at_10")}})
     best = max((e for e in log if e["mode"] == "history"), key=lambda e: e["ndcg_at_10"])  # first wins ties
-    return {**base, "history_length": best["history_length"], "choice_log": log,
-            "chosen_because": f"best NDCG@10 of the history lengths on the {days}-day validation window"
-                              " before the training cutoff"}
+    reason = "the only candidate" if len(lengths) == 1 else \
+        f"best NDCG@10 of the history lengths on the {days}-day validation window before the training cutoff"
+    return {**base, "history_length": best["history_length"], "choice_log": log, "chosen_because": reason}
 
 
 def latest_histories(history: History, session_params: dict, user_ids) -> dict[int, list[int]]:
