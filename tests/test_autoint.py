@@ -40,6 +40,26 @@ def test_config_round_trip():
         AutoIntConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError):
         AutoIntConfig(embed_dim=10, att_heads=3)
+    with pytest.raises(ValueError):
+        AutoIntConfig(optimizer="sgd")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lazy_adam"])
+def test_lazy_adam_moves_only_the_embedding_rows_training_looks_up(optimizer):
+    """Codes 4 of field 0 and 6 of field 1 never occur in training: with `lazy_adam` their
+    rows keep their initial values (weight decay included); Keras's AdamW moves every row."""
+    dims = [5, 7, 3]
+    X = codes(600, [4, 6, 3], seed=3)
+    y = (X[:, 0] % 2 == 0).astype(np.float32)
+    cfg = SMALL.with_(optimizer=optimizer, epochs=2, weight_decay=1e-2)
+    keras.utils.set_random_seed(cfg.seed)
+    initial = build_autoint(dims, cfg).get_layer("embedding").get_weights()[0]
+    model, _ = fit_autoint(X, y, dims, cfg, verbose=0)
+    table = model.get_layer("embedding").get_weights()[0]
+    unused = [4, 5 + 6]  # rows of those codes: field offsets 0 and 5
+    used = [0, 5, 12]
+    assert not np.allclose(table[used], initial[used])
+    assert np.array_equal(table[unused], initial[unused]) == (optimizer == "lazy_adam")
 
 
 def test_layer_shapes_and_config_round_trip():

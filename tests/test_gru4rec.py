@@ -343,10 +343,12 @@ def test_sampled_training_step_moves_only_candidate_outputs(loss):
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow",
                     reason="sparse gradients (IndexedSlices) exist on TensorFlow only; elsewhere LazyAdam is Adam")
-def test_lazy_adam_moves_only_the_rows_a_batch_touches_and_is_adam_on_them():
+@pytest.mark.parametrize("weight_decay", [None, 0.5])
+def test_lazy_adam_moves_only_the_rows_a_batch_touches_and_is_adam_on_them(weight_decay):
     """Two steps on an embedding table (rows 1, 3 then 3, 3): untouched rows never move,
     a row's moments wait while it is unused, a row gathered twice gets one summed update;
-    dense weights get Keras's own Adam step."""
+    dense weights get Keras's own Adam step. With weight decay (AdamW's), a touched row
+    decays at its update and an untouched one not at all; dense weights decay as AdamW's."""
     import keras
 
     from recpipe.models.lazy_adam import LazyAdam
@@ -354,9 +356,9 @@ def test_lazy_adam_moves_only_the_rows_a_batch_touches_and_is_adam_on_them():
     emb = keras.layers.Embedding(5, 2, embeddings_initializer="ones")
     dense = keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)
     model = keras.Sequential([keras.Input((2,), dtype="int32"), emb, keras.layers.Flatten(), dense])
-    model.compile(optimizer=LazyAdam(0.1), loss="mse")
+    model.compile(optimizer=LazyAdam(0.1, weight_decay=weight_decay), loss="mse")
     reference = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)])
-    reference.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
+    reference.compile(optimizer=keras.optimizers.Adam(0.1, weight_decay=weight_decay), loss="mse")
     m, v = np.zeros((5, 2)), np.zeros((5, 2))
     table = np.ones((5, 2))
     for step, rows in enumerate(([1, 3], [3, 3]), start=1):
@@ -371,6 +373,7 @@ def test_lazy_adam_moves_only_the_rows_a_batch_touches_and_is_adam_on_them():
         m[touched] = 0.9 * m[touched] + 0.1 * grad[touched]
         v[touched] = 0.999 * v[touched] + 0.001 * grad[touched] ** 2
         alpha = 0.1 * np.sqrt(1 - 0.999 ** step) / (1 - 0.9 ** step)
+        table[touched] -= 0.1 * (weight_decay or 0.0) * table[touched]
         table[touched] -= alpha * m[touched] / (np.sqrt(v[touched]) + 1e-7)
         reference.train_on_batch(flat.astype(np.float32), np.array([[2.0]], np.float32))
         model.train_on_batch(x, np.array([[2.0]], np.float32))

@@ -16,10 +16,24 @@ from keras import ops
 
 @keras.saving.register_keras_serializable(package="recpipe")
 class LazyAdam(keras.optimizers.Adam):
+    """With `weight_decay` (AdamW's decoupled decay), a table with a sparse gradient
+    decays only on the rows it updates, at their update: dense decay would again touch
+    the whole table at every step."""
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.amsgrad:
             raise ValueError("LazyAdam does not implement amsgrad")
+        self._lazy_keys: set = set()
+
+    def apply(self, grads, trainable_variables=None):
+        variables = self._trainable_variables if trainable_variables is None else trainable_variables
+        self._lazy_keys = {self._var_key(v) for g, v in zip(grads, variables) if _sparse_rows(g, unique=False)}
+        return super().apply(grads, trainable_variables)
+
+    def _use_weight_decay(self, variable):
+        # the dense decay pass skips the lazy tables; update_step decays their rows
+        return self._var_key(variable) not in self._lazy_keys and super()._use_weight_decay(variable)
 
     def update_step(self, gradient, variable, learning_rate):
         rows = _sparse_rows(gradient)
@@ -29,6 +43,9 @@ class LazyAdam(keras.optimizers.Adam):
 
         index, values = rows
         dtype = variable.dtype
+        if self.weight_decay and super()._use_weight_decay(variable):
+            decayed = ops.take(variable, index, axis=0) * (ops.cast(learning_rate, dtype) * ops.cast(self.weight_decay, dtype))
+            self.assign_sub(variable, tf.IndexedSlices(decayed, index))
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
         alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
@@ -41,14 +58,16 @@ class LazyAdam(keras.optimizers.Adam):
         self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (ops.sqrt(v_rows) + self.epsilon), index))
 
 
-def _sparse_rows(gradient):
+def _sparse_rows(gradient, unique: bool = True):
     """(unique row indices, summed row gradients) of a TensorFlow IndexedSlices; None
-    for a dense gradient."""
+    for a dense gradient (unique=False: True for a sparse one, nothing computed)."""
     if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf
 
     if not isinstance(gradient, tf.IndexedSlices):
         return None
+    if not unique:
+        return True
     index, position = tf.unique(gradient.indices)  # a row gathered twice gets one summed update
     return index, tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(index)[0])

@@ -5,6 +5,9 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 
+OPTIMIZERS = ("adamw", "lazy_adam")
+
+
 @dataclass(frozen=True)
 class AutoIntConfig:
     """Every hyperparameter of AutoInt+ and of its training."""
@@ -21,6 +24,11 @@ class AutoIntConfig:
     l2_embedding: float = 0.0  # l2 on the embedding rows looked up in a batch
     learning_rate: float = 1e-4
     weight_decay: float = 1e-5  # AdamW decoupled weight decay; 0 -> plain Adam
+    # "adamw": Keras's (dense: every embedding row moves at every step, a cost that grows
+    # with the users and movies); "lazy_adam": only the rows a batch looks up move, with
+    # their weight decay (recpipe.models.lazy_adam; bench/autoint_tables.py). The default
+    # stays dense: on the production protocol the lazy one scored lower (README, Scale).
+    optimizer: str = "adamw"
     decay_steps: int = 100  # ExponentialDecay of the learning rate; 0 -> constant
     decay_rate: float = 0.96
     batch_size: int = 2048
@@ -31,6 +39,8 @@ class AutoIntConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "dnn_units", tuple(int(u) for u in self.dnn_units))
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {list(OPTIMIZERS)}")
         if self.embed_dim % self.att_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not a multiple of att_heads {self.att_heads}")
 

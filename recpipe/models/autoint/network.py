@@ -8,6 +8,7 @@ import keras
 
 from recpipe.models.autoint.config import SEED000_CONFIG, AutoIntConfig
 from recpipe.models.autoint.layers import DNNTower, FieldEmbedding, InteractingLayer
+from recpipe.models.lazy_adam import LazyAdam
 
 
 def build_autoint(field_dims: Iterable[int], config: AutoIntConfig = SEED000_CONFIG) -> keras.Model:
@@ -39,6 +40,8 @@ def _optimizer(config: AutoIntConfig) -> keras.optimizers.Optimizer:
         lr = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, decay_steps=config.decay_steps, decay_rate=config.decay_rate
         )
+    if config.optimizer == "lazy_adam":
+        return LazyAdam(learning_rate=lr, weight_decay=config.weight_decay or None)
     if config.weight_decay > 0:
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=config.weight_decay)
     return keras.optimizers.Adam(learning_rate=lr)
