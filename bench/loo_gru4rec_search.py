@@ -5,8 +5,10 @@ Every candidate is `recpipe.evaluation.loo`'s GRU_BASE plus one override dict, f
 train and early-stopped on validation NDCG@10 (`loo.run_gru4rec`). With `--cache`, a
 candidate fitted before (same config, same train data) is loaded, so the search can be
 run one candidate per process and assembled afterwards at no training cost.
-`--previous` adds the choice log of an earlier eval/loo.json (candidates not refitted
-here); a previous candidate can win, and then its recorded test figure is reported.
+`--previous` (repeatable) adds the choice log of an earlier eval/loo.json or of an
+earlier search's output (candidates not refitted here); a previous candidate can win, and
+then its recorded test figure is reported. So candidates fitted in parallel processes, one
+--out each, are assembled by a last call with only --previous.
 
     python bench/loo_gru4rec_search.py --configs search.json --cache /tmp/gru_cache \
         --previous old_loo.json --out eval/loo_gru4rec_search.json
@@ -37,7 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--configs", type=Path, default=None, help="JSON list of override dicts on loo.GRU_BASE")
     p.add_argument("--lengths", default="50,all", help="history lengths L scored on validation")
     p.add_argument("--cache", type=Path, default=None)
-    p.add_argument("--previous", type=Path, default=None, help="an earlier loo JSON whose GRU4Rec log joins")
+    p.add_argument("--previous", type=Path, action="append", default=[],
+                   help="an earlier loo JSON or search output whose GRU4Rec log joins (repeatable)")
     p.add_argument("--notes", type=Path, default=None, help="JSON object merged into the output (e.g. aborted runs)")
     p.add_argument("--out", type=Path, default=Path("eval/loo_gru4rec_search.json"))
     args = p.parse_args(argv)
@@ -59,14 +62,11 @@ def main(argv=None) -> int:
         chosen = {"config": res["config"], "validation": res["validation"], "test": res["test"],
                   "source": "this search"}
         log = list(res["choice_log"])
-    if args.previous:
-        prev = json.loads(args.previous.read_text())["models"]["gru4rec"]
-        for entry in prev["choice_log"]:
-            log.append({**entry, "source": str(args.previous),
-                        "seconds_per_epoch": entry["fit_seconds"] / max(entry["epochs_run"], 1)})
+    for path in args.previous:
+        entries, prev = _previous(path)
+        log += entries
         if chosen is None or prev["validation"][f"ndcg@{K}"] > chosen["validation"][f"ndcg@{K}"]:
-            chosen = {"config": prev["config"], "validation": prev["validation"], "test": prev["test"],
-                      "source": str(args.previous)}
+            chosen = prev
     result = {
         "protocol": loo.PROTOCOL,
         "chosen_by": f"validation NDCG@{K} (best epoch of each fit, then the history length L); test only for the chosen",
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         "load_before": load_before,
         "load_after": load_average(),
         "cpus": os.cpu_count(),
+        "accelerators": _accelerators(),
         "command": "python " + " ".join([Path(__file__).relative_to(Path.cwd()).as_posix()
                                          if Path(__file__).is_relative_to(Path.cwd()) else __file__]
                                         + (argv if argv is not None else sys.argv[1:])),
@@ -92,6 +93,37 @@ def main(argv=None) -> int:
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _previous(path: Path) -> tuple[list, dict]:
+    """(choice-log entries, chosen) of an eval/loo.json or of this script's own output."""
+    doc = json.loads(path.read_text())
+    if "search_log" in doc:  # this script's output: its entries keep their own source
+        entries = [{**e, "source": e["source"] if e.get("source") != "this search" else str(path)}
+                   for e in doc["search_log"]]
+        chosen = doc["chosen"]
+        if chosen.get("source") == "this search":
+            chosen = {**chosen, "source": str(path)}
+        return entries, chosen
+    prev = doc["models"]["gru4rec"]
+    entries = [{**e, "source": str(path), "seconds_per_epoch": e["fit_seconds"] / max(e["epochs_run"], 1)}
+               for e in prev["choice_log"]]
+    return entries, {"config": prev["config"], "validation": prev["validation"], "test": prev["test"],
+                     "source": str(path)}
+
+
+def _accelerators() -> list[str]:
+    """The Keras backend's devices (a GPU run says which card)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        return [f"{d.platform}: {d.device_kind}" for d in jax.devices()]
+    if keras.backend.backend() == "torch":
+        import torch
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+    import tensorflow as tf
+    return [d.name for d in tf.config.list_logical_devices()]
 
 
 if __name__ == "__main__":
