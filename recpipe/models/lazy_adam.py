@@ -28,7 +28,7 @@ class LazyAdam(keras.optimizers.Adam):
 
     def apply(self, grads, trainable_variables=None):
         variables = self._trainable_variables if trainable_variables is None else trainable_variables
-        self._lazy_keys = {self._var_key(v) for g, v in zip(grads, variables) if _sparse_rows(g, unique=False)}
+        self._lazy_keys = {self._var_key(v) for g, v in zip(grads, variables) if _is_sparse(g)}
         return super().apply(grads, trainable_variables)
 
     def _use_weight_decay(self, variable):
@@ -58,16 +58,22 @@ class LazyAdam(keras.optimizers.Adam):
         self.assign_sub(variable, tf.IndexedSlices(alpha * m_rows / (ops.sqrt(v_rows) + self.epsilon), index))
 
 
-def _sparse_rows(gradient, unique: bool = True):
-    """(unique row indices, summed row gradients) of a TensorFlow IndexedSlices; None
-    for a dense gradient (unique=False: True for a sparse one, nothing computed)."""
+def _is_sparse(gradient) -> bool:
+    """Whether a gradient is row-sparse (a TensorFlow IndexedSlices; other backends give
+    dense gradients)."""
     if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(gradient, tf.IndexedSlices)
+
+
+def _sparse_rows(gradient):
+    """(unique row indices, summed row gradients) of a row-sparse gradient; None for a
+    dense one."""
+    if not _is_sparse(gradient):
         return None
     import tensorflow as tf
 
-    if not isinstance(gradient, tf.IndexedSlices):
-        return None
-    if not unique:
-        return True
     index, position = tf.unique(gradient.indices)  # a row gathered twice gets one summed update
     return index, tf.math.unsorted_segment_sum(gradient.values, position, tf.shape(index)[0])
