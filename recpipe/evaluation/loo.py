@@ -278,8 +278,8 @@ GRU_BASE = {"hidden": 128, "embedding_dim": 128, "dropout": 0.3, "learning_rate"
 # config, and tied + dropout_embed 0.2) were stopped after their first epoch (validation
 # NDCG@10 0.106 and 0.101 then). Wider candidates (hidden 256) and their per-epoch
 # validation figures: eval/loo_gru4rec_search.json (bench/loo_gru4rec_search.py). On a GPU,
-# bench/loo_gru4rec_gpu_candidates.json (pass it as --gru-configs) holds the wider search
-# whose choice, hidden 512 with a tied item matrix, scored 0.172 (eval/loo_gru4rec_gpu.json).
+# bench/loo_gru4rec_gpu_candidates*.json (pass one as --gru-configs) hold the wider search
+# whose choice, hidden 512 with a tied item matrix, scored 0.175 (eval/loo_gru4rec_gpu.json).
 GRU_OVERRIDES: list[dict] = [{"epochs": 4}, {"epochs": 8}]
 
 
