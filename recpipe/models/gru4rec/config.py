@@ -43,7 +43,7 @@ class GRU4RecConfig:
     # 1: learn the next item. h > 1: learn an item up to h steps ahead (uniform, redrawn each
     # epoch): the user's interests over a horizon, which is what a list shown for days is judged on.
     target_horizon: int = 1
-    jit_compile: bool = False  # TensorFlow only (XLA on CPU was slower than its oneDNN kernels); other backends always compile
+    jit_compile: bool = False  # TensorFlow only (XLA on CPU was slower than its oneDNN kernels); others use Keras's "auto"
 
     def __post_init__(self):
         if self.loss == "cross-entropy":  # the spelling of runs stored before the sampled losses

@@ -103,9 +103,9 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
         # make small updates (a per-window mean there gave full Adam steps on a handful of
         # events and visibly damaged the model at the end of some epochs).
         loss=_position_loss if sampled else keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        # False keeps TensorFlow's graph mode (XLA was slower on CPU); on JAX or torch it
-        # would run every step eagerly, so they always compile.
-        jit_compile=cfg.jit_compile or keras.backend.backend() != "tensorflow",
+        # False keeps TensorFlow's graph mode (XLA was slower on CPU); on JAX it would run
+        # every step eagerly, so other backends take Keras's "auto" (JAX jit, torch eager).
+        jit_compile=cfg.jit_compile if keras.backend.backend() == "tensorflow" else "auto",
     )
     bundle = GRU4RecBundle(infer_model, index, cfg)
     monitor = cfg.monitor if validate is not None else None
