@@ -175,12 +175,14 @@ def ingest(
             # attributes NULL; a user is implied only by a rating of a known item.
             if movies is None:
                 movies_changed += _add_ids(conn, "movies", "movie_id", rows["movie_id"])
+            movie_known = None  # which rows rate a known movie, when it is needed twice
             if users is None:
-                rated_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
-                users_changed += _add_ids(conn, "users", "user_id", rows["user_id"].to_numpy()[rated_known])
+                movie_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
+                users_changed += _add_ids(conn, "users", "user_id", rows["user_id"].to_numpy()[movie_known])
             bar.update(1)
             if len(rows) > BULK_INSERT_ROWS and _ratings_empty(conn):
-                outcome = _first_load(conn, batch_id, rows, repeat, users_implied=users is None)
+                outcome = _first_load(conn, batch_id, rows, repeat, users_implied=users is None,
+                                      movie_known=movie_known)
             else:
                 _stage_ratings(conn, rows, repeat)
                 outcome = _classify_and_insert(conn, batch_id, len(rows), users_implied=users is None)
@@ -485,9 +487,10 @@ def _ratings_empty(conn: sa.Connection) -> bool:
 
 
 def _first_load(conn: sa.Connection, batch_id: int, rows: pd.DataFrame, repeat: np.ndarray,
-                users_implied: bool) -> dict:
+                users_implied: bool, movie_known: np.ndarray | None = None) -> dict:
     user_known = np.isin(rows["user_id"].to_numpy(), _ids(conn, "users", "user_id"))
-    movie_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
+    if movie_known is None:
+        movie_known = np.isin(rows["movie_id"].to_numpy(), _ids(conn, "movies", "movie_id"))
     outcome = np.select(
         [~user_known & (movie_known | (not users_implied)), ~movie_known, repeat == 0, repeat == 1],
         [3, 4, 0, 1], 2).astype(np.int8)  # indexes into _FIRST_LOAD_OUTCOMES
