@@ -83,6 +83,20 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> dict:
     }
 
 
+def accelerators() -> list[str]:
+    """The Keras backend's devices (a GPU run says which card)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        return [f"{d.platform}: {d.device_kind}" for d in jax.devices()]
+    if keras.backend.backend() == "torch":
+        import torch
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
+    import tensorflow as tf
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m": os.getloadavg()[0]}

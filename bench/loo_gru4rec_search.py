@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ML1M, load_average, matmul_gflops  # noqa: E402
+from _common import ML1M, accelerators, load_average, matmul_gflops  # noqa: E402
 
 K = 10
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         "load_before": load_before,
         "load_after": load_average(),
         "cpus": os.cpu_count(),
-        "accelerators": _accelerators(),
+        "accelerators": accelerators(),
         "command": "python " + " ".join([Path(__file__).relative_to(Path.cwd()).as_posix()
                                          if Path(__file__).is_relative_to(Path.cwd()) else __file__]
                                         + (argv if argv is not None else sys.argv[1:])),
@@ -110,20 +110,6 @@ def _previous(path: Path) -> tuple[list, dict]:
                for e in prev["choice_log"]]
     return entries, {"config": prev["config"], "validation": prev["validation"], "test": prev["test"],
                      "source": str(path)}
-
-
-def _accelerators() -> list[str]:
-    """The Keras backend's devices (a GPU run says which card)."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-        return [f"{d.platform}: {d.device_kind}" for d in jax.devices()]
-    if keras.backend.backend() == "torch":
-        import torch
-        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    import tensorflow as tf
-    return [d.name for d in tf.config.list_logical_devices()]
 
 
 if __name__ == "__main__":
