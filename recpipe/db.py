@@ -148,12 +148,42 @@ def statement(name: str) -> sa.TextClause:
 
 
 @contextmanager
+def _driver_prints_to_log():
+    """psycopg2's COPY paths (2.9) raise again on a result that follows a fatal one: when the
+    server shuts down mid-COPY, the second error finds the first still set, and the driver
+    prints the pair through sys.excepthook before it raises. The raised error is what we
+    report (one line); the printed copy goes to the log instead of beside it."""
+    import sys
+
+    previous = sys.excepthook
+
+    def to_log(kind, exc, tb):
+        if isinstance(exc.__cause__ or exc.__context__, _driver_errors()):
+            log.info("the driver also reported: %s (caused by %r)", exc, exc.__cause__ or exc.__context__)
+        else:
+            previous(kind, exc, tb)
+
+    sys.excepthook = to_log
+    try:
+        yield
+    finally:
+        sys.excepthook = previous
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    import psycopg2
+
+    return (psycopg2.Error,)
+
+
+@contextmanager
 def raw_cursor(conn: sa.Connection):
     """The DBAPI cursor of a SQLAlchemy connection (for COPY)."""
     dbapi = conn.connection.dbapi_connection
     cur = dbapi.cursor()
     try:
-        yield cur
+        with _driver_prints_to_log():
+            yield cur
     except BaseException as exc:
         # SQLAlchemy never saw this error, so it cannot tell the server is gone: without this the
         # pool tries to reset the dead connection and logs a traceback beside our one-line failure.

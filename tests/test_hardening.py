@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 
 import psycopg2
@@ -149,3 +150,32 @@ def test_a_connection_lost_in_a_copy_is_invalidated_not_reset(database_url, capl
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(database_url, capfd):
+    """psycopg2 2.9 prints a SystemError to stderr when the server ends a COPY it is
+    streaming (a fast shutdown or pg_terminate_backend), then raises: the CLI's one line
+    about the lost database must stand alone."""
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            terminate = threading.Timer(1.0, lambda: _terminate(admin, pid))
+            terminate.start()
+            try:
+                with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+                    read_frame(conn, "SELECT g, pg_sleep(0.1) FROM generate_series(1, 100) AS g")
+            finally:
+                terminate.join()
+        captured = capfd.readouterr()
+        assert captured.err == "" and captured.out == "", captured.err
+        assert sys.excepthook is sys.__excepthook__  # the driver's printer is put back afterwards
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def _terminate(admin: sa.Engine, pid: int) -> None:
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})").scalar()
