@@ -343,6 +343,12 @@ NIGHT_STAGES = {"plan", "rebuild_encodings", "rebuild_sessions", "evaluate", "ga
 # stop it (TF_CPP_MIN_LOG_LEVEL does not silence these): not recpipe's lines.
 TENSORFLOW_BANNER = ("WARNING: All log messages before absl::InitializeLog()", "I0000 ", "W0000 ",
                      "To enable the following instructions:")
+# libpq's own line for a connection whose backend is told to stop right after it sent
+# ReadyForQuery: libpq reads the error while still inside PQconnectdb, where only its
+# default notice processor (stderr) exists; psycopg2 installs its own just after.
+# Seen once in 90 stops timed to land inside a query, and reproduced with a fake server
+# sending ReadyForQuery and the error in one packet; recpipe cannot intercept it.
+LIBPQ_STARTUP_NOTICE = "FATAL:  terminating connection due to administrator command"
 
 
 def _pg_bin() -> Path:
@@ -421,7 +427,8 @@ def test_the_database_stopped_mid_night_is_one_line_and_a_rerun_publishes(cluste
     cluster.stop()
     stdout, stderr = proc.communicate(timeout=300)
     failed_after = time.perf_counter() - started
-    ours = [line for line in stderr.splitlines() if line.strip() and not line.startswith(TENSORFLOW_BANNER)]
+    ours = [line for line in stderr.splitlines()
+            if line.strip() and not line.startswith(TENSORFLOW_BANNER) and line != LIBPQ_STARTUP_NOTICE]
     assert proc.returncode == 1, stderr[-3000:]
     assert len(ours) == 1 and "Traceback" not in stderr, stderr[-3000:]
     line = ours[0]
