@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from datetime import timedelta
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,6 +106,29 @@ def test_pack_lanes_target_horizon_draws_items_ahead_within_the_sequence():
     assert sorted(ahead[items[real] // 100 == 3].tolist()) == [1]  # a 2-item sequence: only the next
     again = pack_lanes(seqs, n_lanes=2, bptt=4, rng=np.random.default_rng(1))[2]
     assert np.all((again[real] - items[real]) == 1)  # target_horizon 1: the next item
+
+
+def test_pack_lanes_target_gap_draws_items_rated_after_the_gap():
+    """Two bursts a week apart (items 100.. then 120..) and a one-day sequence: steps of
+    the first burst learn an item of the second; the rest keep the next item."""
+    day = 86_400
+    first, second = np.arange(100, 110), np.arange(120, 125)
+    seqs = [np.r_[first, second], np.arange(200, 204)]
+    times = [np.r_[np.arange(10) * 60, 7 * day + np.arange(5) * 60], 3 * day + np.arange(4) * 60]
+    got_targets = set()
+    for seed in range(20):
+        items, _, targets, weights = pack_lanes(seqs, n_lanes=2, bptt=4, rng=np.random.default_rng(seed),
+                                                times=times, target_gap=timedelta(days=1))
+        real = weights > 0
+        assert int(real.sum()) == 14 + 3  # the same steps as next-item training
+        in_first = real & (items >= 100) & (items < 110)
+        assert np.all((targets[in_first] >= 120) & (targets[in_first] < 125))  # after the gap
+        rest = real & ~in_first
+        assert np.all(targets[rest] == items[rest] + np.where(items[rest] == 109, 11, 1))  # the next item
+        got_targets |= set(targets[in_first].tolist())
+    assert got_targets == set(range(120, 125))  # uniform over all of them, both ends drawn
+    with pytest.raises(ValueError, match="times"):
+        pack_lanes(seqs, n_lanes=2, bptt=4, rng=np.random.default_rng(0), target_gap=timedelta(days=1))
 
 
 # ------------------------------------------------------------------------ networks

@@ -43,6 +43,11 @@ class GRU4RecConfig:
     # 1: learn the next item. h > 1: learn an item up to h steps ahead (uniform, redrawn each
     # epoch): the user's interests over a horizon, which is what a list shown for days is judged on.
     target_horizon: int = 1
+    # > 0: a step followed, in its sequence, by items rated at least this many days later
+    # learns one of those instead (uniform, redrawn each epoch); other steps keep
+    # target_horizon. A published list is read after a gap (users come back weeks later),
+    # which the order inside a rating burst does not teach. Needs the events' `ts`.
+    target_gap_days: float = 0.0
     jit_compile: bool = False  # TensorFlow only (XLA on CPU was slower than its oneDNN kernels); others use Keras's "auto"
 
     def __post_init__(self):
@@ -54,6 +59,8 @@ class GRU4RecConfig:
             raise ValueError(f"unknown sequences {self.sequences!r}; known: {list(SEQUENCES)}")
         if self.target_horizon < 1:
             raise ValueError(f"target_horizon must be >= 1, not {self.target_horizon}")
+        if not self.target_gap_days >= 0:
+            raise ValueError(f"target_gap_days must be >= 0, not {self.target_gap_days}")
         if self.n_sample < 0 or not 0.0 <= self.sample_alpha <= 1.0 or self.logq < 0 or self.bpreg < 0:
             raise ValueError("n_sample, logq and bpreg must be >= 0 and sample_alpha in [0, 1]")
 

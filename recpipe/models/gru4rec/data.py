@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from datetime import timedelta
 
 from typing import TYPE_CHECKING
 
@@ -18,29 +19,39 @@ def _ordered_sessions(events: pd.DataFrame, key: str = "session_id") -> pd.DataF
     return events.sort_values(keys, kind="mergesort")
 
 
-def session_sequences(events: pd.DataFrame, index: ItemIndex, key: str = "session_id") -> list[np.ndarray]:
+def session_sequences(events: pd.DataFrame, index: ItemIndex, key: str = "session_id", *,
+                      with_times: bool = False):
     """Item-index sequence of every session (time order; items unknown to `index`
     dropped), in `key` order. key="user_id": one sequence per user, the user's
-    sessions end to end in time order."""
+    sessions end to end in time order. with_times: (sequences, the events' `ts` (Unix s)
+    in the same layout)."""
     ev = _ordered_sessions(events, key)
     idx = index.encode(ev["movie_id"].to_numpy())
     sid = ev[key].to_numpy()
     keep = idx >= 0
     idx, sid = idx[keep], sid[keep]
+    ts = ev["ts"].to_numpy(np.int64)[keep] if with_times else None
     if len(sid) == 0:
-        return []
+        return ([], []) if with_times else []
     cuts = np.flatnonzero(np.diff(sid)) + 1
-    return np.split(idx.astype(np.int32), cuts)
+    seqs = np.split(idx.astype(np.int32), cuts)
+    return (seqs, np.split(ts, cuts)) if with_times else seqs
 
 
 def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.random.Generator,
-               target_horizon: int = 1):
+               target_horizon: int = 1, times: list[np.ndarray] | None = None,
+               target_gap: timedelta = timedelta(0)):
     """Lay sessions (shuffled) end to end in `n_lanes` lanes; return arrays
     items, reset, targets, weights of shape [n_windows * n_lanes, bptt] where rows
     w * n_lanes + lane hold window w of each lane (feed in order, unshuffled).
     target_horizon > 1: each step's target is the item 1..target_horizon steps ahead
-    (uniform, within the sequence; drawn again each call) instead of the next one."""
-    seqs = [s for s in sequences if len(s) >= 2]
+    (uniform, within the sequence; drawn again each call) instead of the next one.
+    target_gap > 0 (needs `times`, the sequences' Unix seconds): a step with items at
+    least that much later in its sequence takes one of them (uniform) as its target."""
+    if target_gap > timedelta(0) and times is None:
+        raise ValueError("pack_lanes: target_gap needs the sequences' times")
+    keep = [k for k, s in enumerate(sequences) if len(s) >= 2]
+    seqs = [sequences[k] for k in keep]
     order = rng.permutation(len(seqs))
     heap = [(0, lane) for lane in range(n_lanes)]
     lane_of = np.empty(len(seqs), dtype=np.int64)
@@ -69,7 +80,11 @@ def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.ran
         left = np.repeat(ends, steps) - at - 1  # items after it in its sequence (>= 1)
         ahead = 1 if target_horizon <= 1 else \
             1 + (rng.random(len(at)) * np.minimum(target_horizon, left)).astype(np.int64)
-        targets[lane_rep, pos] = flat[at + ahead]
+        target_at = at + ahead
+        if target_gap > timedelta(0):
+            target_at = _beyond_gap(target_at, at, np.repeat(ends, steps), [times[k] for k in keep],
+                                    target_gap, rng)
+        targets[lane_rep, pos] = flat[target_at]
         weights[lane_rep, pos] = 1.0
         reset[lane_rep, pos] = (offs == 0).astype(np.float32)
     # [lanes, windows, bptt] -> [windows, lanes, bptt] -> rows
@@ -77,4 +92,19 @@ def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.ran
         return a.reshape(n_lanes, n_windows, bptt).transpose(1, 0, 2).reshape(-1, bptt)
 
     return arrange(items), arrange(reset), arrange(targets), arrange(weights)
+
+
+def _beyond_gap(target_at: np.ndarray, at: np.ndarray, end: np.ndarray, times: list[np.ndarray],
+                gap: timedelta, rng: np.random.Generator) -> np.ndarray:
+    """Each step's target position: uniform among its sequence's items rated at least
+    `gap` after the step's item, where there are any; else `target_at` as given."""
+    lengths = np.array([len(t) for t in times], dtype=np.int64)
+    flat_t = np.concatenate(times).astype(np.int64)
+    # One sorted key over all sequences: each sequence gets its own band of seconds.
+    band = int(flat_t.max() - flat_t.min()) + int(gap.total_seconds()) + 1
+    key = np.repeat(np.arange(len(times), dtype=np.int64), lengths) * band + (flat_t - flat_t.min())
+    first = np.searchsorted(key, key[at] + int(gap.total_seconds()), side="left")
+    has = first < end
+    drawn = first + (rng.random(len(at)) * np.maximum(end - first, 1)).astype(np.int64)
+    return np.where(has, drawn, target_at)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -73,7 +74,13 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     index = index or ItemIndex.from_events(train_events)
     cfg = (config or DEFAULT_CONFIG).for_catalogue(len(index))
     keras.utils.set_random_seed(cfg.seed)
-    seqs = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences])
+    times = None
+    if cfg.target_gap_days > 0:
+        if "ts" not in train_events.columns:
+            raise ValueError("gru4rec target_gap_days needs the training events' ts")
+        seqs, times = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences], with_times=True)
+    else:
+        seqs = session_sequences(train_events, index, SEQUENCE_KEYS[cfg.sequences])
     n_steps = int(sum(len(s) - 1 for s in seqs if len(s) >= 2))
     train_model, infer_model = _build_networks(len(index), cfg)
     for name, weights in (initial_weights or {}).items():
@@ -116,7 +123,8 @@ def fit_gru4rec(train_events: pd.DataFrame, config: GRU4RecConfig | None = None,
     train_seconds = 0.0
     rnn_t = train_model.get_layer("gru_train")
     for epoch in range(cfg.epochs):
-        items, reset, targets, weights = pack_lanes(seqs, cfg.batch_size, cfg.bptt, rng, cfg.target_horizon)
+        items, reset, targets, weights = pack_lanes(seqs, cfg.batch_size, cfg.bptt, rng, cfg.target_horizon,
+                                                    times, timedelta(days=cfg.target_gap_days))
         rnn_t.reset_state()
         t0 = time.perf_counter()
         x, y = ([items, reset, targets, weights], np.zeros(targets.shape, np.float32)) if sampled \
