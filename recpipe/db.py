@@ -187,12 +187,21 @@ def raw_cursor(conn: sa.Connection):
     except BaseException as exc:
         # SQLAlchemy never saw this error, so it cannot tell the server is gone: without this the
         # pool tries to reset the dead connection and logs a traceback beside our one-line failure.
-        if dbapi.closed:
+        # psycopg2 does not always mark the connection closed when the server ends it mid-COPY,
+        # so the dialect's own disconnect test judges the error too.
+        if dbapi.closed or _is_disconnect(conn, exc, dbapi, cur):
             conn.invalidate(exc if isinstance(exc, Exception) else None)
         raise
     finally:
         if not dbapi.closed:
             cur.close()
+
+
+def _is_disconnect(conn: sa.Connection, exc: BaseException, dbapi, cur) -> bool:
+    """The error, or the driver error it was raised from, means the connection is gone."""
+    driver_error = conn.dialect.loaded_dbapi.Error
+    return any(isinstance(err, driver_error) and conn.dialect.is_disconnect(err, dbapi, cur)
+               for err in (exc, exc.__cause__, exc.__context__))
 
 
 def copy_frame(conn: sa.Connection, table: str, frame, columns: list[str]) -> int:

@@ -152,12 +152,13 @@ def test_a_connection_lost_in_a_copy_is_invalidated_not_reset(database_url, capl
         admin.dispose()
 
 
-def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(database_url, capfd):
+def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(database_url, capfd, caplog):
     """psycopg2 2.9 prints a SystemError to stderr when the server ends a COPY it is
     streaming (a fast shutdown or pg_terminate_backend), then raises: the CLI's one line
     about the lost database must stand alone."""
-    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(database_url)
     admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
     try:
         with engine.connect() as conn:
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
@@ -168,6 +169,8 @@ def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(dat
                     read_frame(conn, "SELECT g, pg_sleep(0.1) FROM generate_series(1, 100) AS g")
             finally:
                 terminate.join()
+            assert conn.invalidated  # never reset (rolled back) by the pool: the server is gone
+        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")], caplog.text
         captured = capfd.readouterr()
         assert captured.err == "" and captured.out == "", captured.err
         assert sys.excepthook is sys.__excepthook__  # the driver's printer is put back afterwards
