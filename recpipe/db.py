@@ -79,7 +79,28 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(settings: Settings) -> Engine:
-    return sa.create_engine(resolve_database_url(settings), pool_pre_ping=True, future=True)
+    # The pool's rollback-on-return is ours (below): SQLAlchemy's own logs a traceback when the
+    # server went away between a connection's last statement and its return.
+    engine = sa.create_engine(resolve_database_url(settings), pool_pre_ping=True, pool_reset_on_return=None)
+    sa.event.listen(engine, "reset", _rollback_on_return)
+    return engine
+
+
+def _rollback_on_return(dbapi_connection, record, reset_state) -> None:
+    """The pool's reset: roll back; a connection whose server is gone is dropped quietly (the
+    caller's next statement reports the lost database, once)."""
+    if reset_state.terminate_only or reset_state.transaction_was_reset:
+        return
+    import psycopg2
+
+    try:
+        dbapi_connection.rollback()
+    except psycopg2.Error as exc:
+        if not (dbapi_connection.closed or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))):
+            raise
+        log.info("a connection returned to the pool had lost its server (%s): dropped",
+                 str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        record.invalidate(exc)
 
 
 def migrated_engine(settings: Settings) -> Engine:

@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 
 import psycopg2
 import pytest
 import sqlalchemy as sa
 
-from recpipe import pipeline, runs
+from recpipe import db, pipeline, runs
 from recpipe.db import read_frame
 from recpipe.ingest import ingest
 
@@ -174,6 +175,30 @@ def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(dat
         captured = capfd.readouterr()
         assert captured.err == "" and captured.out == "", captured.err
         assert sys.excepthook is sys.__excepthook__  # the driver's printer is put back afterwards
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def test_a_connection_whose_server_went_away_idle_is_dropped_quietly_on_return(settings, capfd, caplog):
+    """The server can go between a connection's last statement and its return to the pool:
+    the pool's rollback then fails. recpipe's engine drops that connection without the
+    traceback SQLAlchemy's own reset logs, and hands out a fresh one next."""
+    engine = db.make_engine(settings)
+    admin = sa.create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
+    caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
+    try:
+        with engine.connect() as conn:
+            dbapi = conn.connection.dbapi_connection
+            with dbapi.cursor() as cur:  # a driver-level statement: a transaction SQLAlchemy never saw
+                cur.execute("SELECT pg_backend_pid()")
+                pid = cur.fetchone()[0]
+            _terminate(admin, pid)
+            time.sleep(0.2)
+        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")], caplog.text
+        assert capfd.readouterr().err == ""
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
     finally:
         engine.dispose()
         admin.dispose()
