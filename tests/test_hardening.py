@@ -131,77 +131,73 @@ def test_artifacts_prune_removes_only_what_no_run_uses(engine, settings):
         assert bundle.read_text("popularity.json")
 
 
-def test_a_connection_lost_in_a_copy_is_invalidated_not_reset(database_url, caplog):
-    """COPY runs on the driver's cursor, where SQLAlchemy cannot see a lost server; the
-    pool must drop that connection instead of logging a failed reset beside our one line."""
-    engine = sa.create_engine(database_url)
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-    caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
-    try:
-        with engine.connect() as conn:
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            with admin.connect() as other:
-                other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
-            with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
-                read_frame(conn, "SELECT generate_series(1, 10) AS n")
-            assert conn.invalidated
-        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")], caplog.text
-        with engine.connect() as conn:  # the pool hands out a fresh connection afterwards
-            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
-    finally:
-        engine.dispose()
-        admin.dispose()
-
-
-def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(database_url, capfd, caplog):
-    """psycopg2 2.9 prints a SystemError to stderr when the server ends a COPY it is
-    streaming (a fast shutdown or pg_terminate_backend), then raises: the CLI's one line
-    about the lost database must stand alone."""
-    engine = sa.create_engine(database_url)
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-    caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
-    try:
-        with engine.connect() as conn:
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            terminate = threading.Timer(1.0, lambda: _terminate(admin, pid))
-            terminate.start()
-            try:
-                with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
-                    read_frame(conn, "SELECT g, pg_sleep(0.1) FROM generate_series(1, 100) AS g")
-            finally:
-                terminate.join()
-            assert conn.invalidated  # never reset (rolled back) by the pool: the server is gone
-        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")], caplog.text
-        captured = capfd.readouterr()
-        assert captured.err == "" and captured.out == "", captured.err
-        assert sys.excepthook is sys.__excepthook__  # the driver's printer is put back afterwards
-    finally:
-        engine.dispose()
-        admin.dispose()
-
-
-def test_a_connection_whose_server_went_away_idle_is_dropped_quietly_on_return(settings, capfd, caplog):
-    """The server can go between a connection's last statement and its return to the pool:
-    the pool's rollback then fails. recpipe's engine drops that connection without the
-    traceback SQLAlchemy's own reset logs, and hands out a fresh one next."""
+@pytest.fixture
+def engines(settings, caplog):
+    """recpipe's engine on the test database, an autocommit one that ends its sessions, and
+    the pool's log watched."""
     engine = db.make_engine(settings)
     admin = sa.create_engine(settings.database_url, isolation_level="AUTOCOMMIT")
     caplog.set_level(logging.WARNING, logger="sqlalchemy.pool")
-    try:
-        with engine.connect() as conn:
-            dbapi = conn.connection.dbapi_connection
-            with dbapi.cursor() as cur:  # a driver-level statement: a transaction SQLAlchemy never saw
-                cur.execute("SELECT pg_backend_pid()")
-                pid = cur.fetchone()[0]
-            _terminate(admin, pid)
-            time.sleep(0.2)
-        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")], caplog.text
-        assert capfd.readouterr().err == ""
-        with engine.connect() as conn:
-            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
-    finally:
-        engine.dispose()
-        admin.dispose()
+    yield engine, admin
+    engine.dispose()
+    admin.dispose()
+
+
+def _pool_records(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")]
+
+
+def test_a_connection_lost_in_a_copy_is_invalidated_not_reset(engines, caplog):
+    """COPY runs on the driver's cursor, where SQLAlchemy cannot see a lost server; the
+    pool must drop that connection instead of logging a failed reset beside our one line."""
+    engine, admin = engines
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        _terminate(admin, pid)
+        with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+            read_frame(conn, "SELECT generate_series(1, 10) AS n")
+        assert conn.invalidated
+    assert not _pool_records(caplog), caplog.text
+    with engine.connect() as conn:  # the pool hands out a fresh connection afterwards
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+def test_a_server_shutdown_while_copy_streams_raises_once_and_prints_nothing(engines, capfd, caplog):
+    """psycopg2 2.9 prints a SystemError to stderr when the server ends a COPY it is
+    streaming (a fast shutdown or pg_terminate_backend), then raises: the CLI's one line
+    about the lost database must stand alone."""
+    engine, admin = engines
+    with engine.connect() as conn:
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        terminate = threading.Timer(1.0, lambda: _terminate(admin, pid))
+        terminate.start()
+        try:
+            with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+                read_frame(conn, "SELECT g, pg_sleep(0.1) FROM generate_series(1, 100) AS g")
+        finally:
+            terminate.join()
+        assert conn.invalidated  # never reset (rolled back) by the pool: the server is gone
+    assert not _pool_records(caplog), caplog.text
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == "", captured.err
+    assert sys.excepthook is sys.__excepthook__  # the driver's printer is put back afterwards
+
+
+def test_a_connection_whose_server_went_away_idle_is_dropped_quietly_on_return(engines, capfd, caplog):
+    """The server can go between a connection's last statement and its return to the pool:
+    the pool's rollback then fails. recpipe's engine drops that connection without the
+    traceback SQLAlchemy's own reset logs, and hands out a fresh one next."""
+    engine, admin = engines
+    with engine.connect() as conn:
+        with conn.connection.dbapi_connection.cursor() as cur:  # a transaction SQLAlchemy never saw
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+        _terminate(admin, pid)
+        time.sleep(0.2)
+    assert not _pool_records(caplog), caplog.text
+    assert capfd.readouterr().err == ""
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() != pid
 
 
 def _terminate(admin: sa.Engine, pid: int) -> None:
