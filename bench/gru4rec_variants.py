@@ -78,6 +78,7 @@ def validation_popularity(settings, days: int = 30) -> dict:
 
 def main(argv=None) -> int:
     from recpipe import pipeline, registry, runs
+    from recpipe.cli import parse_duration, parse_time
     from recpipe.config import Settings
     from recpipe.evaluation.production import DEFAULT_CUTOFF, DEFAULT_WINDOW
 
@@ -85,6 +86,10 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--variants", help="JSON object: name -> gru4rec overrides")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--cutoff", help="train before this date and judge the window after it (default: the"
+                    " protocol's T, 2000-12-01); an earlier cutoff with a short window is a validation no"
+                    " variant trained on, e.g. --cutoff 2000-11-01 --window 30d")
+    ap.add_argument("--window", help="the judged window after the cutoff (default 365d)")
     ap.add_argument("--by-serving", metavar="VARIANT", action="append", default=[],
                     help="add the test figures of VARIANT's run (already in --out) served every way")
     ap.add_argument("--validation-popularity", action="store_true",
@@ -105,15 +110,17 @@ def main(argv=None) -> int:
         return 0
     variants = json.loads(args.variants)
     settings = Settings.from_env()
-    night = DEFAULT_CUTOFF + DEFAULT_WINDOW
+    cutoff = parse_time(args.cutoff) if args.cutoff else DEFAULT_CUTOFF
+    window = parse_duration(args.window) if args.window else DEFAULT_WINDOW
+    night = cutoff + window
     baselines = tuple(registry.baseline_names())
-    plan0 = pipeline.make_plan(settings, night, eval_window=DEFAULT_WINDOW, models=(*baselines, "gru4rec"),
+    plan0 = pipeline.make_plan(settings, night, eval_window=window, models=(*baselines, "gru4rec"),
                                epochs=args.epochs, dry_run=True)
     inputs = pipeline.night_inputs(pipeline.rebuild_encodings(settings, plan0), pipeline.rebuild_sessions(settings, plan0))
     trained = {m: pipeline.train_model(settings, plan0, m, inputs)["run_id"] for m in baselines}
     seconds = {}
     for name, overrides in variants.items():
-        plan = pipeline.make_plan(settings, night, eval_window=DEFAULT_WINDOW, models=(*baselines, "gru4rec"),
+        plan = pipeline.make_plan(settings, night, eval_window=window, models=(*baselines, "gru4rec"),
                                   epochs=args.epochs, dry_run=True, model_overrides={"gru4rec": overrides})
         started = time.perf_counter()
         trained[name] = pipeline.train_model(settings, plan, "gru4rec", inputs)["run_id"]
@@ -121,7 +128,7 @@ def main(argv=None) -> int:
         print(f"{name}: run {trained[name]} trained in {seconds[name]} s", flush=True)
     evaluated = pipeline.evaluate(settings, plan0, list(trained.values()))["metrics"]
     engine = pipeline._engine(settings)
-    out = {"protocol": "production", "cutoff": DEFAULT_CUTOFF.isoformat(), "until": night.isoformat(),
+    out = {"protocol": "production", "cutoff": cutoff.isoformat(), "until": night.isoformat(),
            "epochs": args.epochs, "baselines": {}, "variants": {}}
     for name, run_id in trained.items():
         m = evaluated[str(run_id)]
@@ -131,7 +138,8 @@ def main(argv=None) -> int:
             continue
         run = runs.get(engine, run_id)
         cmd = (f"recpipe evaluate --protocol production --model gru4rec --epochs {args.epochs}"
-               f" --overrides {shlex.quote(json.dumps(variants[name]))}")
+               + (f" --cutoff {args.cutoff}" if args.cutoff else "") + (f" --window {args.window}" if args.window else "")
+               + f" --overrides {shlex.quote(json.dumps(variants[name]))}")
         out["variants"][name] = {**row, "overrides": variants[name], "command": cmd,
                                  "train_and_choice_seconds": seconds[name],
                                  "loss": run.config.get("loss"), "sequences": run.config.get("sequences"),
