@@ -5,6 +5,7 @@ import hashlib
 import logging
 import re
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -82,21 +83,19 @@ def make_engine(settings: Settings) -> Engine:
     # The pool's rollback-on-return is ours (below): SQLAlchemy's own logs a traceback when the
     # server went away between a connection's last statement and its return.
     engine = sa.create_engine(resolve_database_url(settings), pool_pre_ping=True, pool_reset_on_return=None)
-    sa.event.listen(engine, "reset", _rollback_on_return)
+    sa.event.listen(engine, "reset", partial(_rollback_on_return, engine.dialect))
     return engine
 
 
-def _rollback_on_return(dbapi_connection, record, reset_state) -> None:
+def _rollback_on_return(dialect, dbapi_connection, record, reset_state) -> None:
     """The pool's reset: roll back; a connection whose server is gone is dropped quietly (the
     caller's next statement reports the lost database, once)."""
     if reset_state.terminate_only or reset_state.transaction_was_reset:
         return
-    import psycopg2
-
     try:
         dbapi_connection.rollback()
-    except psycopg2.Error as exc:
-        if not (dbapi_connection.closed or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))):
+    except dialect.loaded_dbapi.Error as exc:
+        if not (dbapi_connection.closed or dialect.is_disconnect(exc, dbapi_connection, None)):
             raise
         log.info("a connection returned to the pool had lost its server (%s): dropped",
                  str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
@@ -176,11 +175,14 @@ def _driver_prints_to_log():
     report (one line); the printed copy goes to the log instead of beside it."""
     import sys
 
+    import psycopg2
+
     previous = sys.excepthook
 
     def to_log(kind, exc, tb):
-        if isinstance(exc.__cause__ or exc.__context__, _driver_errors()):
-            log.info("the driver also reported: %s (caused by %r)", exc, exc.__cause__ or exc.__context__)
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, psycopg2.Error):
+            log.info("the driver also reported: %s (caused by %r)", exc, cause)
         else:
             previous(kind, exc, tb)
 
@@ -189,12 +191,6 @@ def _driver_prints_to_log():
         yield
     finally:
         sys.excepthook = previous
-
-
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    import psycopg2
-
-    return (psycopg2.Error,)
 
 
 @contextmanager

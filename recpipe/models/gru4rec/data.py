@@ -97,7 +97,8 @@ def pack_lanes(sequences: list[np.ndarray], n_lanes: int, bptt: int, rng: np.ran
 def _beyond_gap(target_at: np.ndarray, at: np.ndarray, end: np.ndarray, times: list[np.ndarray],
                 gap: timedelta, rng: np.random.Generator) -> np.ndarray:
     """Each step's target position: uniform among its sequence's items rated at least
-    `gap` after the step's item, where there are any; else `target_at` as given."""
+    `gap` after the step's item, where there are any; else `target_at` as given. `times`
+    ascend within each sequence (session_sequences orders by time)."""
     lengths = np.array([len(t) for t in times], dtype=np.int64)
     flat_t = np.concatenate(times).astype(np.int64)
     # One sorted key over all sequences: each sequence gets its own band of seconds.
